@@ -1,0 +1,218 @@
+"""The model pair: a small and a large model that share one tokenizer.
+
+`ModelPair.from_pretrained(small, large)` loads any Hugging Face pair by hub id or local
+directory, decoder-only (`AutoModelForCausalLM`) or encoder-decoder
+(`AutoModelForSeq2SeqLM`), chosen from the config. Before anything runs it checks that the
+pair can be compared token for token: both tokenizers map the same strings to the same ids,
+both models emit logits over that vocabulary (output widths may differ by padding; the engine
+compares the common prefix) and encoder-decoders start decoding from the same token.
+
+Device defaults to CUDA when available, else CPU; dtype defaults to float32 on CPU and
+bfloat16 (float16 where unsupported) on CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from bild.errors import BildError
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+# --- device and dtype ----------------------------------------------------------------------
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise BildError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BildError(f"device {device!r} asked for, but no CUDA GPU is available: use --device cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None:
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dtype not in DTYPES:
+        raise BildError(f"unknown dtype {dtype!r}: use one of {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a path (a hub id is `name` or `org/name`)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hugging Face hub answers; checked once, in seconds rather than after retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy may reach what we cannot see; let huggingface_hub try
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def source(name: str) -> tuple[str, dict]:
+    """Where to load `name` from: a local path, or a hub id (from the local cache only when offline)."""
+    if _looks_local(name) or Path(name).exists():
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise BildError(f"model path {name!r} does not exist: pass an existing directory or a hub id")
+        return str(path), {}
+    return name, {} if hub_reachable() else {"local_files_only": True}
+
+
+def load_config(name: str) -> PretrainedConfig:
+    path, kwargs = source(name)
+    try:
+        return AutoConfig.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        if Path(name).exists():
+            raise BildError(f"{name!r} is not a Hugging Face model directory (no usable config.json): "
+                            f"{str(e).splitlines()[0]}") from e
+        where = "did not serve it" if hub_reachable() else "is unreachable and it is not in the local cache"
+        raise BildError(f"could not load {name!r}: it is not a local directory and the Hugging Face hub "
+                        f"{where} (check the id and your network, or pass a local directory)") from e
+
+
+def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    path, kwargs = source(name)
+    try:
+        model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        raise BildError(f"could not load the weights of {name!r} as a {auto.__name__[4:]}: "
+                        f"{str(e).splitlines()[0]}") from e
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase | None:
+    path, kwargs = source(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+# --- compatibility checks ------------------------------------------------------------------
+
+def output_width(model: PreTrainedModel) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def check_tokenizers(small: PreTrainedTokenizerBase, large: PreTrainedTokenizerBase) -> None:
+    """Same ids for the same tokens, same special tokens; the message names what differs."""
+    vs, vl = small.get_vocab(), large.get_vocab()
+    if vs != vl:
+        only_small = sorted(set(vs) - set(vl))
+        moved = sorted(t for t in set(vs) & set(vl) if vs[t] != vl[t])
+        if moved:
+            t = moved[0]
+            what = f"token {t!r} is id {vs[t]} in the small model's tokenizer but {vl[t]} in the large one's"
+        elif only_small:
+            what = f"token {only_small[0]!r} is only in the small model's tokenizer"
+        else:
+            what = f"token {sorted(set(vl) - set(vs))[0]!r} is only in the large model's tokenizer"
+        raise BildError(f"the two models do not share a tokenizer ({len(vs)} vs {len(vl)} tokens; {what}): "
+                        "BiLD needs a small and a large model of one family")
+    for attr in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        if getattr(small, attr) != getattr(large, attr):
+            raise BildError(f"the tokenizers disagree on {attr}: {getattr(small, attr)} (small) vs "
+                            f"{getattr(large, attr)} (large)")
+
+
+def check_models(small: PreTrainedModel, large: PreTrainedModel, vocab: int) -> int:
+    """Return the logit width both models share; it must cover the tokenizer's vocabulary."""
+    if small.config.is_encoder_decoder != large.config.is_encoder_decoder:
+        kinds = {True: "encoder-decoder", False: "decoder-only"}
+        raise BildError(f"the small model is {kinds[small.config.is_encoder_decoder]} but the large "
+                        f"model is {kinds[large.config.is_encoder_decoder]}: use two models of one family")
+    for name, model in (("small", small), ("large", large)):
+        if output_width(model) < vocab:
+            raise BildError(f"the {name} model emits {output_width(model)} logits but the tokenizer has "
+                            f"{vocab} tokens: its logits cannot be compared to the other model's")
+    if small.config.is_encoder_decoder:
+        s, lg = small.config.decoder_start_token_id, large.config.decoder_start_token_id
+        if s != lg:
+            raise BildError(f"the models start decoding from different tokens ({s} vs {lg})")
+    return min(output_width(small), output_width(large))
+
+
+# --- the pair ------------------------------------------------------------------------------
+
+@dataclass
+class ModelPair:
+    """A small and a large model with one tokenizer, on one device."""
+
+    small: PreTrainedModel
+    large: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    small_name: str = "small"
+    large_name: str = "large"
+
+    def __post_init__(self) -> None:
+        self.vocab_size = check_models(self.small, self.large, len(self.tokenizer))
+        self.device = self.large.device
+        self.dtype = self.large.dtype
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return bool(self.large.config.is_encoder_decoder)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        small: str,
+        large: str,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> ModelPair:
+        """Load both models (hub ids or local directories) and check that they fit together."""
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        small_config, large_config = load_config(small), load_config(large)
+        tok_small, tok_large = load_tokenizer(small), load_tokenizer(large)
+        if tok_small is None and tok_large is None:
+            raise BildError(f"neither {small!r} nor {large!r} has a tokenizer: save one with "
+                            "tokenizer.save_pretrained next to the model")
+        if tok_small is not None and tok_large is not None:
+            check_tokenizers(tok_small, tok_large)
+        small_model = load_model(small, small_config, dev, dt)
+        large_model = load_model(large, large_config, dev, dt)
+        return cls(small_model, large_model, tok_large or tok_small, small_name=small, large_name=large)

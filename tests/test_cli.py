@@ -1,0 +1,70 @@
+"""The `bild` command as a user runs it: a real subprocess, JSON out, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def bild(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "bild.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def dirs(pair_dirs):
+    return [str(p) for p in pair_dirs("llama")]
+
+
+def test_generate_json_matches_the_library(dirs, load_pair):
+    from bild import GenerationConfig, generate_single
+
+    run = bild("generate", "--small", dirs[0], "--large", dirs[1], "--prompt", "def add(", "--policy", "exact",
+               "--param", "fallback_threshold=0.3", "--max-new-tokens", "12", "--json")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["params"] == {"fallback_threshold": 0.3}
+    expected = generate_single(load_pair("llama"), "def add(", "large", GenerationConfig(max_new_tokens=12))
+    assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
+    assert {"draft_tokens", "accepted_draft_tokens", "large_calls", "fallbacks", "rollbacks",
+            "rolled_back_tokens", "small_seconds", "large_seconds", "wall_seconds"} <= set(out["stats"])
+
+
+def test_generate_prints_text_and_a_summary(dirs):
+    run = bild("generate", "--small", dirs[0], "--large", dirs[1], "--prompt", "for i in",
+               "--max-new-tokens", "6", "--max-draft-tokens", "none")
+    assert run.returncode == 0, run.stderr
+    assert "[bild] 6 tokens" in run.stderr
+
+
+def test_policies_lists_parameters_with_bounds():
+    run = bild("policies", "--json")
+    rows = {r["name"]: r for r in json.loads(run.stdout)}
+    params = {p["name"]: p for p in rows["bild"]["params"]}
+    assert params["fallback_threshold"]["min"] == 0.0 and params["fallback_threshold"]["max"] == 1.0
+    assert "range [0.0, 20.0]" in bild("policies").stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--policy", "bidl"], "did you mean 'bild'"),
+    (["--param", "fallback_threshold=7"], "less than or equal to 1"),
+    (["--param", "nonsense"], "is not KEY=VALUE"),
+    (["--prompt", ""], "prompt is empty"),
+])
+def test_errors_are_one_line_without_traceback(dirs, args, message):
+    base = {"--small": dirs[0], "--large": dirs[1], "--prompt": "x"}
+    flags = [a for k, v in base.items() if k not in args for a in (k, v)]
+    run = bild("generate", *flags, *args)
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().count("\n") == 0 and message in run.stderr, run.stderr
+
+
+def test_missing_model_is_one_line(tmp_path):
+    run = bild("generate", "--small", str(tmp_path / "a"), "--large", str(tmp_path / "b"), "--prompt", "x")
+    assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
