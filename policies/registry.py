@@ -80,6 +80,17 @@ def list_policies() -> dict[str, type[Policy]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def parse_params(items: list[str]) -> dict[str, str]:
+    """`["a=1", "b=x"]` -> `{"a": "1", "b": "x"}`; pydantic coerces the values per field."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BildError(f"parameter {item!r} is not KEY=VALUE (e.g. fallback_threshold=0.5)")
+        params[key.strip()] = value.strip()
+    return params
+
+
 def make_policy(name: str | Policy, params: dict[str, Any] | None = None) -> Policy:
     """A policy instance from a name and parameters (strings are coerced), with readable errors."""
     if isinstance(name, Policy):

@@ -81,5 +81,5 @@ def test_bild_extremes_and_stats_are_consistent(load_pair, family, seed):
         assert s.accepted_draft_tokens + s.rolled_back_tokens == s.draft_tokens
         assert s.rollbacks <= s.large_calls and s.rolled_back_tokens >= s.rollbacks
         assert s.small_calls == s.draft_tokens + s.fallbacks
-        # every large call has a cause: a fallback, the cap, or the end (EOS drafted, length reached)
-        assert s.fallbacks + s.forced_verifications <= s.large_calls <= s.fallbacks + s.forced_verifications + 1
+        # a large call follows every fallback and cap hit (and a drafted EOS, or the length limit)
+        assert s.large_calls >= s.fallbacks + s.forced_verifications

@@ -1,0 +1,41 @@
+"""Named model pairs: `--pair NAME` instead of `--small S --large L`.
+
+Hub pairs need network on first use (then the Hugging Face cache). `local` and `local-gpu` are
+built here, offline, from the Python standard library (bild/localpair.py) on first use.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from bild.errors import BildError
+
+HUB_PAIRS: dict[str, tuple[str, str]] = {
+    "t5": ("google-t5/t5-small", "google-t5/t5-large"),
+    "mt5": ("google/mt5-small", "google/mt5-large"),
+    "pythia": ("EleutherAI/pythia-70m", "EleutherAI/pythia-1.4b"),
+    "opt": ("facebook/opt-125m", "facebook/opt-1.3b"),
+    "qwen2.5": ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-7B"),
+}
+LOCAL_PAIRS = {"local": "cpu", "local-gpu": "gpu"}
+PAIRS = [*LOCAL_PAIRS, *HUB_PAIRS]
+
+
+def resolve_pair(pair: str | None, small: str | None, large: str | None) -> tuple[str, str]:
+    """(small, large) model names from a preset name or explicit names (building a local pair)."""
+    if pair is None:
+        if not (small and large):
+            raise BildError("give --pair NAME, or both --small and --large")
+        return small, large
+    if small or large:
+        raise BildError("give either --pair or --small/--large, not both")
+    if pair in LOCAL_PAIRS:
+        from bild.localpair import build_local_pair
+
+        root = build_local_pair(LOCAL_PAIRS[pair])
+        return str(root / "small"), str(root / "large")
+    if pair in HUB_PAIRS:
+        return HUB_PAIRS[pair]
+    close = difflib.get_close_matches(pair, PAIRS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise BildError(f"unknown pair {pair!r}: {hint}known pairs: {', '.join(PAIRS)}")

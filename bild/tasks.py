@@ -1,0 +1,168 @@
+"""Prompt sets: JSONL files, the built-in offline `pycode` task, and the paper's datasets.
+
+A prompt set is a list of `Example`s: an id, the prompt text and an optional reference.
+
+- JSONL: one object per line with `prompt` (required), `reference` and `id` (optional); other
+  fields (`source`, ...) are kept as metadata. Errors name the line.
+- `pycode`: code completion cut deterministically from held-out files of the local Python
+  standard library (see bild/corpus.py): a prompt of `PYCODE_PROMPT_CHARS` characters, the
+  true next `PYCODE_REFERENCE_CHARS` as the reference. Needs no network.
+- Hugging Face `datasets` tasks (optional extra `bild[datasets]`, network on first use): the
+  paper's IWSLT 2017 and WMT 2014 De-En, CNN/DailyMail and XSum, plus WikiText-2, in the prompt
+  formats the T5 checkpoints expect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from bild.corpus import read_texts, stdlib_files
+from bild.errors import BildError
+
+PYCODE_PROMPT_CHARS = 480
+PYCODE_REFERENCE_CHARS = 240
+
+
+class Example(BaseModel):
+    id: str
+    prompt: str
+    reference: str | None = None
+    meta: dict[str, Any] = {}
+
+
+# --- JSONL ---------------------------------------------------------------------------------------
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise BildError(f"prompt file {str(path)!r} does not exist")
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BildError(f"{path}:{number}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise BildError(f"{path}:{number}: each line needs a non-empty string field 'prompt'")
+        reference = row.get("reference")
+        if reference is not None and not isinstance(reference, str):
+            raise BildError(f"{path}:{number}: 'reference' must be a string")
+        meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "reference")}
+        examples.append(Example(id=str(row.get("id", number)), prompt=row["prompt"], reference=reference, meta=meta))
+    if not examples:
+        raise BildError(f"prompt file {str(path)!r} holds no prompts")
+    return examples
+
+
+# --- pycode ----------------------------------------------------------------------------------
+
+
+def pycode_examples(n: int) -> list[Example]:
+    """`n` completion prompts from held-out stdlib files, one per file, at a hash-chosen offset."""
+    examples = []
+    size = PYCODE_PROMPT_CHARS + PYCODE_REFERENCE_CHARS
+    for path, text in zip(stdlib_files(held_out=True), read_texts(stdlib_files(held_out=True)), strict=False):
+        if len(text) < 2 * size:
+            continue
+        digest = int(hashlib.sha256(path.name.encode()).hexdigest(), 16)
+        start = digest % (len(text) - size)
+        window = text[start: start + size]
+        examples.append(Example(id=f"{path.name}@{start}", prompt=window[:PYCODE_PROMPT_CHARS],
+                                reference=window[PYCODE_PROMPT_CHARS:], meta={"source": path.name}))
+        if len(examples) == n:
+            break
+    if not examples:
+        raise BildError("no held-out Python standard library files found for the pycode task")
+    return examples
+
+
+# --- Hugging Face datasets --------------------------------------------------------------------
+
+
+class HubTask(BaseModel):
+    path: str
+    name: str | None
+    split: str
+    prompt_field: str
+    reference_field: str
+    prefix: str = ""
+
+
+HUB_TASKS = {
+    "iwslt2017-de-en": HubTask(path="IWSLT/iwslt2017", name="iwslt2017-de-en", split="test",
+                               prompt_field="translation.de", reference_field="translation.en",
+                               prefix="translate German to English: "),
+    "wmt14-de-en": HubTask(path="wmt/wmt14", name="de-en", split="test", prompt_field="translation.de",
+                           reference_field="translation.en", prefix="translate German to English: "),
+    "cnn_dailymail": HubTask(path="abisee/cnn_dailymail", name="3.0.0", split="test", prompt_field="article",
+                             reference_field="highlights", prefix="summarize: "),
+    "xsum": HubTask(path="EdinburghNLP/xsum", name=None, split="test", prompt_field="document",
+                    reference_field="summary", prefix="summarize: "),
+    "wikitext2": HubTask(path="Salesforce/wikitext", name="wikitext-2-raw-v1", split="test",
+                         prompt_field="text", reference_field="text"),
+}
+
+
+def _field(row: dict, dotted: str) -> str:
+    for key in dotted.split("."):
+        row = row[key]
+    return row
+
+
+def hub_examples(task: str, n: int) -> list[Example]:
+    spec = HUB_TASKS[task]
+    try:
+        import datasets
+    except ImportError:
+        raise BildError(f"task {task!r} needs the datasets package: pip install 'bild[datasets]' "
+                        "(or use --task pycode, which works offline)") from None
+    try:
+        rows = datasets.load_dataset(spec.path, spec.name, split=spec.split)
+    except Exception as e:  # datasets raises many types for "offline" and "not found"
+        raise BildError(f"could not load task {task!r} from the Hugging Face hub ({type(e).__name__}); "
+                        "it needs network on first use: use --task pycode or --prompts FILE.jsonl offline") from e
+    examples = []
+    for i, row in enumerate(rows):
+        if task == "wikitext2":  # language modelling: first half of a paragraph -> the rest
+            words = row["text"].split()
+            if len(words) < 64:
+                continue
+            prompt, reference = " ".join(words[:48]), " ".join(words[48:96])
+        else:
+            prompt, reference = spec.prefix + _field(row, spec.prompt_field), _field(row, spec.reference_field)
+        examples.append(Example(id=f"{task}-{i}", prompt=prompt, reference=reference))
+        if len(examples) == n:
+            break
+    return examples
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+TASKS = ["pycode", *HUB_TASKS]
+
+
+def load_examples(prompts: str | None = None, task: str | None = None, n: int | None = None) -> list[Example]:
+    """The first `n` examples of a JSONL file or a named task."""
+    if (prompts is None) == (task is None):
+        raise BildError("give exactly one of --prompts FILE.jsonl or --task NAME")
+    if n is not None and n < 1:
+        raise BildError(f"--n must be at least 1, got {n}")
+    if prompts is not None:
+        return load_jsonl(prompts)[:n]
+    if task == "pycode":
+        return pycode_examples(n or 32)
+    if task in HUB_TASKS:
+        return hub_examples(task, n or 32)
+    import difflib
+
+    close = difflib.get_close_matches(task, TASKS, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise BildError(f"unknown task {task!r}: {hint}known tasks: {', '.join(TASKS)}")
