@@ -20,7 +20,7 @@ hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 torch.set_num_threads(2)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED = Path(os.environ.get("BILD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 PYCODE = SHARED / "models" / "pycode-pair"
 HELDOUT = SHARED / "data" / "pycode_stdlib_heldout.jsonl"
 
