@@ -162,14 +162,39 @@ def peak_memory() -> dict[str, float]:
     return mem
 
 
+def measure(run: Run, ids: list[int], repeats: int) -> tuple[float, list[int], GenerationStats | None]:
+    """Median wall time of `repeats` runs on one prompt, with the (deterministic) output of the last."""
+    times, tokens, stats = [], [], None
+    for _ in range(repeats):
+        seconds, (tokens, stats) = timed(run, ids)
+        times.append(seconds)
+    return statistics.median(times), tokens, stats
+
+
+def output_text(pair: ModelPair, tokens: list[int], config: GenerationConfig) -> str:
+    text = pair.tokenizer.decode(tokens, skip_special_tokens=True)
+    return Stopper(pair.tokenizer, set(), config.max_new_tokens, config.stop_strings).trim_text(text)
+
+
 class Samples:
-    """Per-method outputs and median times, in prompt order."""
+    """One method's outputs and median times, in prompt order."""
 
     def __init__(self) -> None:
         self.tokens: list[list[int]] = []
         self.texts: list[str] = []
         self.seconds: list[float] = []
         self.stats: list[GenerationStats] = []
+
+    def add(self, seconds: float, tokens: list[int], text: str, stats: GenerationStats | None) -> None:
+        self.seconds.append(seconds)
+        self.tokens.append(tokens)
+        self.texts.append(text)
+        if stats is not None:
+            self.stats.append(stats)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(map(len, self.tokens)) / max(sum(self.seconds), 1e-9)
 
 
 def policy_stats(stats: list[GenerationStats]) -> dict[str, Any] | None:
@@ -188,8 +213,7 @@ def policy_stats(stats: list[GenerationStats]) -> dict[str, Any] | None:
 def summarize(methods: list[Method], samples: dict[str, Samples], examples: list[Example]) -> dict[str, Any]:
     done = len(next(iter(samples.values())).tokens)
     refs = [e.reference for e in examples[:done]]
-    tps = {m.name: sum(map(len, samples[m.name].tokens)) / max(sum(samples[m.name].seconds), 1e-9)
-           for m in methods}
+    tps = {m.name: samples[m.name].tokens_per_s for m in methods}
     anchor = next((b for b in ("large", "large-hf") if b in samples), None)
     result = {}
     for m in methods:
@@ -251,8 +275,8 @@ def run_bench(
     pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
     repeats: int = 1, out: str | None = None, run_config: dict[str, Any] | None = None,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Measure every method on every example; return (and write) the report."""
+) -> tuple[dict[str, Any], dict[str, Samples]]:
+    """Measure every method on every example; return (and write) the report, and the samples."""
     from tqdm.auto import tqdm
 
     if repeats < 1:
@@ -271,19 +295,10 @@ def run_bench(
         for i, (example, ids) in enumerate(zip(examples, prompts, strict=True)):
             order = methods[i % len(methods):] + methods[: i % len(methods)]
             for m in order:
-                times, (tokens, stats) = [], (None, None)
-                for _ in range(repeats):
-                    seconds, (tokens, stats) = timed(runs[m.name], ids)
-                    times.append(seconds)
-                text = Stopper(pair.tokenizer, set(), config.max_new_tokens, config.stop_strings).trim_text(
-                    pair.tokenizer.decode(tokens, skip_special_tokens=True))
-                s = samples[m.name]
-                s.tokens.append(tokens)
-                s.texts.append(text)
-                s.seconds.append(statistics.median(times))
-                if stats is not None:
-                    s.stats.append(stats)
-                writer.sample({"id": example.id, "method": m.name, "seconds": s.seconds[-1], "text": text,
+                seconds, tokens, stats = measure(runs[m.name], ids, repeats)
+                text = output_text(pair, tokens, config)
+                samples[m.name].add(seconds, tokens, text, stats)
+                writer.sample({"id": example.id, "method": m.name, "seconds": seconds, "text": text,
                                "token_ids": tokens, "reference": example.reference,
                                "stats": stats.model_dump() if stats else None})
                 bar.update()
@@ -296,7 +311,7 @@ def run_bench(
     report["notes"] = notes_for(report["methods"])
     report["complete"] = True
     writer.summary(report)
-    return report
+    return report, samples
 
 
 # --- presentation ------------------------------------------------------------------------------
@@ -331,13 +346,11 @@ def format_table(report: dict[str, Any]) -> str:
 
 def plot(report: dict[str, Any], path: str) -> None:
     """Quality (chrF, else agreement with large) against speedup over `large`, one point per method."""
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BildError("--plot needs matplotlib: pip install 'bild[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     rows = report["methods"]
     metric = "chrf" if all(r["chrf"] is not None for r in rows.values()) else "agreement_with_large"
     speed = "speedup_vs_large" if all(r["speedup_vs_large"] is not None for r in rows.values()) else "tokens_per_s"

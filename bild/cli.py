@@ -1,23 +1,29 @@
-"""The `bild` command line: `generate` and `policies`.
+"""The `bild` command line.
 
-Every user error is one line on stderr and exit code 2, never a traceback.
+    bild generate   one prompt, one policy
+    bild bench      every method on a prompt set, side by side
+    bild tune       an Optuna search over a policy's parameters
+    bild run        a bench or a tune from a YAML config (experiments/)
+    bild policies   the registered policies, their parameters and bounds
+    bild build-pair / bild demo   the offline local pair, and a short bench on it
+
+Flags fill the pydantic option models of bild/options.py, which YAML configs fill too. Every
+user error is one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 
 from bild.bench import DEFAULT_METHODS
 from bild.errors import BildError
-from bild.presets import LOCAL_PAIRS, PAIRS, resolve_pair
+from bild.presets import LOCAL_PAIRS, PAIRS
 from bild.tasks import TASKS
 from policies.registry import parse_params
 
@@ -33,6 +39,14 @@ def parse_cap(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number or 'none'") from None
 
 
+def add_pair_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair", help=f"named pair: {', '.join(PAIRS)} (local ones are built on first use)")
+    p.add_argument("--small", help="small model: hub id or local directory")
+    p.add_argument("--large", help="large model: hub id or local directory")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+
+
 def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-draft-tokens", type=parse_cap, default=10,
@@ -40,31 +54,17 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop string, repeatable")
 
 
-def generation_config(args: argparse.Namespace):
-    from bild import GenerationConfig
-
-    try:
-        return GenerationConfig(max_new_tokens=args.max_new_tokens, max_draft_tokens=args.max_draft_tokens,
-                                stop_strings=args.stop)
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise BildError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-
-
-def load_pair(args: argparse.Namespace):
-    from bild import ModelPair
-
-    small, large = resolve_pair(args.pair, args.small, args.large)
-    quiet_transformers()
-    return ModelPair.from_pretrained(small, large, device=args.device, dtype=args.dtype)
-
-
-def add_pair_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pair", help=f"named pair: {', '.join(PAIRS)} (local ones are built on first use)")
-    p.add_argument("--small", help="small model: hub id or local directory")
-    p.add_argument("--large", help="large model: hub id or local directory")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Prompts, measuring and W&B: shared by bench and tune."""
+    p.add_argument("--prompts", help="JSONL file with 'prompt' and optional 'reference' per line")
+    p.add_argument("--task", help=f"built-in task: {', '.join(TASKS)}")
+    p.add_argument("--n", type=int, help="use the first N prompts (tasks default to 32)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per prompt (median kept)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"],
+                   help="W&B logging (default offline: no account or network; `wandb sync` uploads later)")
+    p.add_argument("--wandb-project", default="bild")
+    p.add_argument("--wandb-dir", help="where W&B writes its runs (default: the current directory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,26 +76,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_pair_args(gen)
     gen.add_argument("--prompt", required=True, help="the prompt text")
     gen.add_argument("--policy", default="bild", help="registered policy name (see `bild policies`)")
-    gen.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="policy parameter, repeatable")
+    gen.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="policy parameter, repeatable")
     add_generation_args(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON object: text, token_ids, stats")
 
     bench = sub.add_parser("bench", help="compare BiLD with the baselines on a prompt set")
     add_pair_args(bench)
-    bench.add_argument("--prompts", help="JSONL file with 'prompt' and optional 'reference' per line")
-    bench.add_argument("--task", help=f"built-in task: {', '.join(TASKS)}")
-    bench.add_argument("--n", type=int, help="use the first N prompts (tasks default to 32)")
+    add_run_args(bench)
+    add_generation_args(bench)
     bench.add_argument("--methods", default=DEFAULT_METHODS,
                        help=f"comma-separated (default {DEFAULT_METHODS}); a policy may carry "
                        "overrides: bild@fallback_threshold=0.3@rollback_threshold=3")
     bench.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                        help="set on every listed policy that has this parameter; repeatable")
-    bench.add_argument("--repeats", type=int, default=1, help="timed runs per prompt and method (median kept)")
-    bench.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    add_generation_args(bench)
-    bench.add_argument("--json", metavar="OUT", help="write the report here (and OUT.samples.jsonl), as it runs")
+    bench.add_argument("--json", dest="json_out", metavar="OUT", help="write the report here (and "
+                       "OUT.samples.jsonl) as it runs")
     bench.add_argument("--plot", metavar="OUT.png", help="draw quality against speedup")
+
+    tune = sub.add_parser("tune", help="search a policy's parameters with Optuna (speed vs quality)")
+    add_pair_args(tune)
+    add_run_args(tune)
+    add_generation_args(tune)
+    tune.add_argument("--policy", required=True, help="registered policy to tune")
+    tune.add_argument("--trials", type=int, default=20, help="the study's total of finished trials (all workers)")
+    tune.add_argument("--study", help="study name (default bild-POLICY-TASK); workers with one name share it")
+    tune.add_argument("--storage", default="sqlite:///bild-tune.db",
+                      help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db for many workers")
+    tune.add_argument("--objectives", default="speedup,quality",
+                      help="speedup,quality (Pareto front) or speedup (with --max-quality-drop)")
+    tune.add_argument("--metric", default="chrf", choices=["chrf", "bleu", "rouge_l", "agreement"])
+    tune.add_argument("--max-quality-drop", type=float, help="quality points the large model's may drop by")
+    tune.add_argument("--timeout", type=float, help="stop this worker after S seconds")
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH",
+                      help="narrow (LOW:HIGH), choose (A|B) or fix (VALUE) a parameter; repeatable")
+    tune.add_argument("--seed", type=int)
+    tune.add_argument("--out-dir", default=".", help="where the front JSON and PNG go")
+    tune.add_argument("--heartbeat", type=int, default=30,
+                      help="seconds between worker heartbeats; a trial silent for twice that is retried")
+    tune.add_argument("--wandb-per", default="trial", choices=["trial", "study"], help="one W&B run per ...")
+
+    run = sub.add_parser("run", help="run a bench or tune from a YAML config")
+    run.add_argument("config", help="YAML file, e.g. experiments/pycode_tune.yaml")
 
     build = sub.add_parser("build-pair", help="train the local pair from the Python standard library")
     build.add_argument("--preset", default="cpu", choices=sorted(LOCAL_PAIRS.values()))
@@ -103,31 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="build the local pair if needed, then a short bench on it")
     demo.add_argument("--n", type=int, default=8)
+    demo.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"])
 
     pol = sub.add_parser("policies", help="list registered policies and their parameters")
     pol.add_argument("--json", action="store_true")
     return parser
 
 
+def options_from(args: argparse.Namespace, model: type) -> Any:
+    """The option model of a command, from its parsed flags."""
+    values = {k: v for k, v in vars(args).items() if k in model.model_fields}
+    if "params" in model.model_fields:
+        values["params"] = parse_params(args.param)
+    if "space" in model.model_fields:
+        values["space"] = parse_params(args.space)
+    try:
+        return model(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise BildError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+
+
 # --- commands --------------------------------------------------------------------------------
-
-
-def quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def run_generate(args: argparse.Namespace) -> None:
     from bild import generate
+    from bild.experiment import generation_config, load_pair
+    from bild.options import Options
     from policies import make_policy
 
     policy = make_policy(args.policy, parse_params(args.param))
-    config = generation_config(args)
-    pair = load_pair(args)
-    result = generate(pair, args.prompt, policy, config)
+    options = options_from(args, Options)
+    result = generate(load_pair(options), args.prompt, policy, generation_config(options))
     if args.json:
         print(json.dumps({"policy": policy.name, "params": policy.params(), **result.model_dump()}))
         return
@@ -166,21 +195,23 @@ def run_policies(args: argparse.Namespace) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> None:
-    from bild.bench import format_table, parse_methods, plot, run_bench
-    from bild.tasks import load_examples
+    from bild.experiment import execute_bench
+    from bild.options import BenchOptions
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    methods = parse_methods(args.methods, parse_params(args.param))
-    config = generation_config(args)
-    examples = load_examples(args.prompts, args.task, args.n)
-    pair = load_pair(args)
-    run_config = {"pair": args.pair, "small": pair.small_name, "large": pair.large_name,
-                  "prompts": args.prompts, "task": args.task}
-    report = run_bench(pair, examples, methods, config, repeats=args.repeats, out=args.json, run_config=run_config)
-    print(format_table(report))
-    if args.plot:
-        plot(report, args.plot)
+    execute_bench(options_from(args, BenchOptions))
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    from bild.experiment import execute_tune
+    from bild.options import TuneOptions
+
+    execute_tune(options_from(args, TuneOptions))
+
+
+def run_config(args: argparse.Namespace) -> None:
+    from bild.experiment import execute, load_experiment
+
+    execute(load_experiment(args.config))
 
 
 def run_build_pair(args: argparse.Namespace) -> None:
@@ -190,12 +221,16 @@ def run_build_pair(args: argparse.Namespace) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    run_bench(build_parser().parse_args(["bench", "--pair", "local", "--task", "pycode", "--n", str(args.n),
-                                         "--max-new-tokens", "48"]))
+    from bild.experiment import execute_bench
+    from bild.options import BenchOptions
+
+    execute_bench(BenchOptions(pair="local", task="pycode", n=args.n, max_new_tokens=48, wandb_mode=args.wandb_mode,
+                               methods="large,large-hf,small,hf-assisted,exact,exact@fallback_threshold=0.4,"
+                               "bild,bild@fallback_threshold=0.3@rollback_threshold=2"))
 
 
-COMMANDS = {"generate": run_generate, "policies": run_policies, "bench": run_bench,
-            "build-pair": run_build_pair, "demo": run_demo}
+COMMANDS = {"generate": run_generate, "policies": run_policies, "bench": run_bench, "tune": run_tune,
+            "run": run_config, "build-pair": run_build_pair, "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bild: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("bild: interrupted", file=sys.stderr)
+        print("bild: interrupted; what was measured is saved (rerun the same command to resume a study)",
+              file=sys.stderr)
         return 130
     return 0
 

@@ -61,12 +61,15 @@ def _override(name: str, text: str, annotation: Any) -> BaseDistribution | Any:
         raise BildError(f"search range {name}={text!r} is not LOW:HIGH (LOW <= HIGH), A|B|C or one value") from None
 
 
-def search_space(cls: type[Policy], overrides: dict[str, str] | None = None) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+Space = dict[str, BaseDistribution]
+
+
+def search_space(cls: type[Policy], overrides: dict[str, str] | None = None) -> tuple[Space, dict[str, Any]]:
     """(distributions to search, fixed values) for a policy class."""
     overrides = overrides or {}
     unknown = set(overrides) - set(cls.model_fields)
     if unknown:
-        raise BildError(f"policy {cls.name!r} has no parameter {', '.join(sorted(unknown))}; "
+        raise BildError(f"policy {cls.name!r} has no parameter {', '.join(map(repr, sorted(unknown)))}; "
                         f"it takes: {', '.join(cls.model_fields) or 'none'}")
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, Any] = {}

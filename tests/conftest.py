@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import build_pair
 from transformers.utils import logging as hf_logging
 
 from bild import ModelPair, Policy
 from bild.policy import DraftStep, Verification
+
+from tiny import build_pair
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import PROMPTS, NeverFallback
 
 from bild import BildError, GenerationConfig
 from bild.bench import format_table, parse_methods, plot, run_bench
 from bild.tasks import Example, load_examples, load_jsonl
+
+from conftest import PROMPTS, NeverFallback
 
 CFG = GenerationConfig(max_new_tokens=12)
 
@@ -23,8 +24,8 @@ def examples():
 def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, family):
     methods = parse_methods("large,large-hf,small,hf-assisted,exact,bild@fallback_threshold=0.5", {})
     out = tmp_path / "bench.json"
-    report = run_bench(load_pair(family), examples, methods, CFG, out=str(out), progress=False,
-                       run_config={"pair": family})
+    report, _ = run_bench(load_pair(family), examples, methods, CFG, out=str(out), progress=False,
+                          run_config={"pair": family})
     rows = report["methods"]
     for exact in ("large-hf", "hf-assisted", "exact"):  # all three are the large model's greedy output
         assert rows[exact]["exact_match_with_large"] == 1.0, exact

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import FAMILIES
 
 from bild.cache import cache_kwarg, new_cache, rewind
+
+from tiny import FAMILIES
 
 
 def _logits(model, cache, ids, encoder_outputs):

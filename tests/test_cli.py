@@ -68,3 +68,56 @@ def test_errors_are_one_line_without_traceback(dirs, args, message):
 def test_missing_model_is_one_line(tmp_path):
     run = bild("generate", "--small", str(tmp_path / "a"), "--large", str(tmp_path / "b"), "--prompt", "x")
     assert run.returncode == 2 and "does not exist" in run.stderr and "Traceback" not in run.stderr
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "p.jsonl"
+    path.write_text('{"prompt": "def add(", "reference": "a + b"}\n{"prompt": "for i in", "reference": "range"}\n')
+    return str(path)
+
+
+def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_path):
+    run = bild("bench", "--small", dirs[0], "--large", dirs[1], "--prompts", prompts_file, "--methods",
+               "large,large-hf,exact", "--max-new-tokens", "6", "--wandb-mode", "disabled",
+               "--json", str(tmp_path / "b.json"))
+    assert run.returncode == 0, run.stderr
+    assert "large-hf" in run.stdout and json.loads((tmp_path / "b.json").read_text())["complete"]
+
+    config = tmp_path / "tune.yaml"
+    config.write_text(f"command: tune\nsmall: {dirs[0]}\nlarge: {dirs[1]}\nprompts: {prompts_file}\n"
+                      f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\nmax_new_tokens: 6\n"
+                      f"wandb_mode: disabled\nout_dir: {tmp_path}\nmetric: agreement\nspace:\n"
+                      "  fallback_threshold: '0.1:0.9'\n")
+    run = bild("run", str(config))
+    assert run.returncode == 0, run.stderr
+    assert "2 finished trials" in run.stdout
+    front = json.loads((tmp_path / "bild-exact-p-front.json").read_text())
+    assert front["settings"]["space"] == {"fallback_threshold": "0.1:0.9"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["tune", "--policy", "bild", "--storage", "postgresql+psycopg://nobody@127.0.0.1:1/x"],
+     "cannot open the study storage"),
+    (["tune", "--policy", "bild", "--objectives", "speed"], "use speedup,quality"),
+    (["tune", "--policy", "bild", "--max-quality-drop", "1"], "use --objectives speedup"),
+    (["bench", "--methods", "large,bogus"], "unknown method 'bogus'"),
+    (["bench", "--json", "/nonexistent/dir/out.json"], "cannot write results"),
+])
+def test_bench_and_tune_errors_are_one_line(dirs, prompts_file, tmp_path, args, message):
+    run = bild(*args, "--small", dirs[0], "--large", dirs[1], "--prompts", prompts_file, "--wandb-mode", "disabled",
+               "--max-new-tokens", "4", *(["--storage", f"sqlite:///{tmp_path}/t.db"] if "--storage" not in args
+                                          and args[0] == "tune" else []))
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr and message in run.stderr, run.stderr
+    assert run.stderr.strip().count("\n") == 0, run.stderr
+
+
+def test_run_rejects_bad_configs(tmp_path):
+    assert "does not exist" in bild("run", str(tmp_path / "none.yaml")).stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("command: tune\npolicy: bild\ntrials: 0\n")
+    run = bild("run", str(bad))
+    assert run.returncode == 2 and "trials: Input should be greater than or equal to 1" in run.stderr
+    bad.write_text("command: bench\nmethod: large\n")
+    assert "method: Extra inputs are not permitted" in bild("run", str(bad)).stderr

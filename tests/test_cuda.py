@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS, PYCODE, NeverFallback
 
 from bild import GenerationConfig, ModelPair, generate, generate_single
 from policies import make_policy
+
+from conftest import PROMPTS, PYCODE, NeverFallback
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import build_pair, build_tokenizer
 
 from bild import BildError, GenerationConfig, ModelPair, generate
 from policies import make_policy
+
+from tiny import build_pair, build_tokenizer
 
 EXACT = make_policy("exact")
 

@@ -12,11 +12,12 @@ import itertools
 
 import pytest
 import torch
-from conftest import PROMPTS, AlwaysFallback, NeverFallback
-from tiny import FAMILIES
 
 from bild import GenerationConfig, generate, generate_single
 from policies import make_policy
+
+from conftest import PROMPTS, AlwaysFallback, NeverFallback
+from tiny import FAMILIES
 
 SEEDS = (0, 1, 2)
 CFG = GenerationConfig(max_new_tokens=24)

@@ -9,12 +9,13 @@ the rolled-back drafts.
 from __future__ import annotations
 
 import pytest
-from conftest import PROMPTS
-from tiny import FAMILIES
 
 from bild import GenerationConfig, generate
 from bild.cache import cache_kwarg
 from policies import make_policy
+
+from conftest import PROMPTS
+from tiny import FAMILIES
 
 
 def record_passes(model, log: list[tuple[int, int]]):

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import HELDOUT, AlwaysFallback, NeverFallback
 
 from bild import GenerationConfig, generate, generate_single
 from policies import make_policy
+
+from conftest import HELDOUT, AlwaysFallback, NeverFallback
 
 pytestmark = pytest.mark.pycode
 CFG = GenerationConfig(max_new_tokens=32)

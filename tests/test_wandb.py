@@ -1,0 +1,57 @@
+"""W&B in offline mode, for real: what a bench and a tune leave on disk; failures only warn."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bild import GenerationConfig
+from bild.experiment import execute_bench
+from bild.options import BenchOptions
+from bild.tasks import Example
+from bild.tune import TuneSettings, run_tune
+from bild.wandb_log import WandbLogger
+
+
+def runs(root):
+    return sorted((root / "wandb").glob("offline-run-*"))
+
+
+def tables(run) -> dict[str, dict]:
+    return {p.name.split("_")[0]: json.loads(p.read_text()) for p in (run / "files" / "media" / "table").glob("*.json")}
+
+
+def test_bench_logs_one_offline_run(pair_dirs, tmp_path):
+    small, large = pair_dirs("llama", 1)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "def add(", "reference": "a + b"}\n{"prompt": "for i in"}\n')
+    execute_bench(BenchOptions(small=str(small), large=str(large), prompts=str(prompts), methods="large,exact",
+                               max_new_tokens=8, wandb_mode="offline", wandb_dir=str(tmp_path / "wb")))
+    (run,) = runs(tmp_path / "wb")
+    record = (run / next(p.name for p in run.iterdir() if p.suffix == ".wandb")).read_bytes()
+    for key in (b"methods", b"max_new_tokens", b"torch", b"tokens_per_s", b"speedup_vs_large"):
+        assert key in record, key  # config, machine and summary keys are in the run's log
+    samples = tables(run)["samples"]
+    assert samples["columns"] == ["id", "method", "prompt", "text", "reference"]
+    assert len(samples["data"]) == 4 and {row[1] for row in samples["data"]} == {"large", "exact"}
+
+
+def test_tune_logs_a_run_per_trial_and_a_summary(load_pair, tmp_path):
+    examples = [Example(id="0", prompt="def add(", reference="a + b"), Example(id="1", prompt="import os\n")]
+    settings = TuneSettings(policy="bild", trials=2, study="wb", storage=f"sqlite:///{tmp_path}/t.db", seed=0,
+                            metric="agreement")
+    logger = WandbLogger("offline", "bild-test", group="wb", directory=tmp_path / "wb")
+    run_tune(settings, load_pair("llama", 1), examples, GenerationConfig(max_new_tokens=8), {}, logger,
+             out_dir=tmp_path)
+    found = runs(tmp_path / "wb")
+    assert len(found) == 3
+    assert sum("pareto" in tables(r) for r in found) == 1
+    assert sum("samples" in tables(r) for r in found) == 2
+
+
+def test_a_wandb_failure_warns_and_does_not_stop(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.warns(UserWarning, match="W&B logging failed"):
+        WandbLogger("offline", directory=blocker / "wandb").log_run("x", {"a": 1}, {"b": 2})
