@@ -91,14 +91,17 @@ def parse_methods(text: str, params: dict[str, str]) -> list[Method]:
 
 
 def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, assistant: bool) -> list[int]:
-    """transformers' own greedy decoding (optionally assisted by the small model): new token ids."""
+    """transformers' own decoding (greedy or sampled; optionally assisted by the small model): new token ids."""
     inputs = torch.tensor([ids], device=pair.device)  # [1, T]
     kwargs: dict[str, Any] = {}
     if assistant:
         kwargs["assistant_model"] = pair.small
     if config.stop_strings:
         kwargs |= {"stop_strings": config.stop_strings, "tokenizer": pair.tokenizer}
-    out = pair.large.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=False, num_beams=1,
+    if config.temperature > 0:
+        kwargs |= {"temperature": config.temperature, "top_k": config.top_k or 0, "top_p": config.top_p or 1.0}
+    out = pair.large.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=config.temperature > 0,
+                              num_beams=1,
                               max_new_tokens=config.max_new_tokens, pad_token_id=pair.tokenizer.pad_token_id
                               if pair.tokenizer.pad_token_id is not None else pair.tokenizer.eos_token_id,
                               **kwargs)

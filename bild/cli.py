@@ -52,6 +52,10 @@ def add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-draft-tokens", type=parse_cap, default=10,
                    help="cap on consecutive draft tokens, or 'none' (default 10, as in the paper)")
     p.add_argument("--stop", action="append", default=[], metavar="STRING", help="stop string, repeatable")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set of tokens with this mass")
+    p.add_argument("--seed", type=int, help="seed for sampling (and for tune's sampler)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -109,11 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--timeout", type=float, help="stop this worker after S seconds")
     tune.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH",
                       help="narrow (LOW:HIGH), choose (A|B) or fix (VALUE) a parameter; repeatable")
-    tune.add_argument("--seed", type=int)
     tune.add_argument("--out-dir", default=".", help="where the front JSON and PNG go")
     tune.add_argument("--heartbeat", type=int, default=30,
                       help="seconds between worker heartbeats; a trial silent for twice that is retried")
     tune.add_argument("--wandb-per", default="trial", choices=["trial", "study"], help="one W&B run per ...")
+
+    traces = sub.add_parser("traces", help="record labelled draft features for the learned policy")
+    add_pair_args(traces)
+    traces.add_argument("--prompts", help="JSONL file with 'prompt' per line")
+    traces.add_argument("--task", help=f"built-in task: {', '.join(TASKS)}")
+    traces.add_argument("--n", type=int, help="use the first N prompts (tasks default to 32)")
+    add_generation_args(traces)
+    traces.add_argument("--out", required=True, help="JSONL file to write (and OUT.meta.json)")
+
+    train = sub.add_parser("train-policy", help="train the learned policy's classifier on traces")
+    train.add_argument("--traces", required=True, help="JSONL written by `bild traces`")
+    train.add_argument("--out", required=True, help="classifier JSON to write (load it with --param path=...)")
+    train.add_argument("--held-out", type=float, default=0.2, help="fraction of prompts held out for the AUC")
 
     run = sub.add_parser("run", help="run a bench or tune from a YAML config")
     run.add_argument("config", help="YAML file, e.g. experiments/pycode_tune.yaml")
@@ -176,22 +192,32 @@ def policy_table() -> list[dict[str, Any]]:
         props = cls.model_json_schema().get("properties", {})
         params = [{"name": key, "type": p.get("type", "any"), "default": p.get("default"),
                    "min": p.get("minimum", p.get("exclusiveMinimum")),
-                   "max": p.get("maximum", p.get("exclusiveMaximum")),
+                   "max": p.get("maximum", p.get("exclusiveMaximum")), "choices": p.get("enum"),
                    "description": p.get("description", "")} for key, p in props.items()]
         rows.append({"name": name, "description": cls.describe(), "params": params})
     return rows
 
 
 def run_policies(args: argparse.Namespace) -> None:
+    from policies import list_policies
+
     rows = policy_table()
+    required = {name: {k for k, f in cls.model_fields.items() if f.is_required()}
+                for name, cls in list_policies().items()}
     if args.json:
         print(json.dumps(rows, indent=2))
         return
     for row in rows:
         print(f"{row['name']}: {row['description']}")
         for p in row["params"]:
-            bounds = f"[{p['min']}, {p['max']}]"
-            print(f"    {p['name']} ({p['type']}, default {p['default']}, range {bounds}): {p['description']}")
+            if p["choices"]:
+                domain = f", one of {'|'.join(map(str, p['choices']))}"
+            elif p["min"] is not None or p["max"] is not None:
+                domain = f", range [{p['min']}, {p['max']}]"
+            else:
+                domain = ""
+            default = "required" if p["default"] is None and p["name"] in required[row["name"]] else p["default"]
+            print(f"    {p['name']} ({p['type']}, default {default}{domain}): {p['description']}")
 
 
 def run_bench(args: argparse.Namespace) -> None:
@@ -214,6 +240,30 @@ def run_config(args: argparse.Namespace) -> None:
     execute(load_experiment(args.config))
 
 
+def run_traces(args: argparse.Namespace) -> None:
+    from bild.experiment import generation_config, load_pair
+    from bild.options import Options
+    from bild.tasks import load_examples
+    from bild.traces import collect_traces
+
+    options = options_from(args, Options)
+    examples = load_examples(args.prompts, args.task, args.n)
+    meta = collect_traces(load_pair(options), examples, generation_config(options), args.out)
+    print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {args.out} "
+          f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
+
+
+def run_train_policy(args: argparse.Namespace) -> None:
+    from bild.traces import train_classifier
+
+    if not 0 < args.held_out < 1:
+        raise BildError(f"--held-out must be between 0 and 1, got {args.held_out}")
+    t = train_classifier(args.traces, args.out, args.held_out)
+    print(f"trained on {t['rows']} draft steps ({t['prompts']} prompts); held-out ROC AUC "
+          f"{t['roc_auc_held_out']:.3f} ({t['held_out_rows']} steps, {t['held_out_prompts']} prompts; "
+          f"max probability alone: {t['roc_auc_max_prob_held_out']:.3f}); saved to {args.out}")
+
+
 def run_build_pair(args: argparse.Namespace) -> None:
     from bild.localpair import build_local_pair
 
@@ -230,7 +280,8 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"generate": run_generate, "policies": run_policies, "bench": run_bench, "tune": run_tune,
-            "run": run_config, "build-pair": run_build_pair, "demo": run_demo}
+            "run": run_config, "traces": run_traces, "train-policy": run_train_policy,
+            "build-pair": run_build_pair, "demo": run_demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,8 @@ from bild.config import GenerationConfig
 from bild.decoder import Decoder
 from bild.errors import BildError
 from bild.pair import ModelPair
-from bild.policy import DraftStep, Policy, Verification
+from bild.policy import DraftStep, Policy, Verdict, Verification
+from bild.sampling import Sampler
 from bild.stats import GenerationResult, GenerationStats
 from bild.stopping import Stopper
 
@@ -108,16 +109,17 @@ def generate(
     seq, (small, large) = start(pair, prompt_ids, pair.small, pair.large)
     begin = len(seq)  # seq[begin:] are new tokens, the last `len(drafts)` of them pending
     stopper = Stopper(pair.tokenizer, eos_ids(pair), config.max_new_tokens, config.stop_strings)
+    sampler = Sampler(config, pair.device)
     cap = config.max_draft_tokens or config.max_new_tokens
     stats = GenerationStats()
     drafts: list[int] = []
-    draft_logits: list[torch.Tensor] = []  # n x [V]
+    steps: list[DraftStep] = []
 
     while True:
         # draft: the small model proposes until the policy falls back or a limit is hit
         if len(drafts) < cap and len(seq) - begin < config.max_new_tokens:
             t = time.perf_counter()
-            step = DraftStep(small.catch_up(seq, 1)[0], len(drafts), len(seq) - begin)
+            step = DraftStep(small.catch_up(seq, 1)[0], len(drafts), len(seq) - begin, sampler)
             fallback = policy.fallback(step)
             token = -1 if fallback else step.token
             stats.small_seconds += time.perf_counter() - t
@@ -126,7 +128,7 @@ def generate(
             else:
                 seq.append(token)
                 drafts.append(token)
-                draft_logits.append(step.logits)
+                steps.append(step)
                 if token not in stopper.eos_ids:
                     continue
         elif len(drafts) == cap:
@@ -135,11 +137,16 @@ def generate(
         # verify: one large-model pass over all unseen positions, then the rollback decision
         t = time.perf_counter()
         n = len(drafts)
-        verification = Verification(drafts, draft_logits, large.catch_up(seq, n + 1), len(seq) - begin - n)
-        kept = policy.rollback(verification) if n else 0
+        verification = Verification(steps, drafts, large.catch_up(seq, n + 1), len(seq) - begin - n, sampler)
+        decision = policy.rollback(verification) if n else 0
+        kept, resample = decision if isinstance(decision, Verdict) else (decision, None)
         if not 0 <= kept <= n:
             raise BildError(f"policy {type(policy).__name__}.rollback returned {kept}; it must be in 0..{n}")
-        correction = verification.large_tokens[kept]
+        if sampler.greedy:
+            correction = verification.large_tokens[kept]
+        else:
+            correction = sampler.pick(verification.large_logits[kept],
+                                      verification.large_probs[kept] if resample is None else resample)
         stats.large_seconds += time.perf_counter() - t
         stats.draft_tokens += n
         stats.accepted_draft_tokens += kept
@@ -149,7 +156,7 @@ def generate(
             del seq[len(seq) - (n - kept):]
         checked = len(seq) - begin - kept
         seq.append(correction)
-        drafts, draft_logits = [], []
+        drafts, steps = [], []
         large.rewind(len(seq) - 1)
         small.rewind(len(seq) - 1)
         cut = stopper.cut(seq[begin:], checked)
@@ -170,7 +177,7 @@ def generate_single(
     pair: ModelPair, prompt: str | Sequence[int] | torch.Tensor, which: str = "large",
     config: GenerationConfig | None = None,
 ) -> GenerationResult:
-    """Greedy decoding with one model of the pair: the `large` and `small` baselines."""
+    """One model of the pair alone (greedy or sampled): the `large` and `small` baselines."""
     if which not in ("small", "large"):
         raise BildError(f"unknown model {which!r}: use 'small' or 'large'")
     config = config or GenerationConfig()
@@ -179,8 +186,9 @@ def generate_single(
     seq, (decoder,) = start(pair, prompt_ids, getattr(pair, which))
     begin = len(seq)
     stopper = Stopper(pair.tokenizer, eos_ids(pair), config.max_new_tokens, config.stop_strings)
+    sampler = Sampler(config, pair.device)
     while True:
-        seq.append(int(decoder.catch_up(seq, 1)[0].argmax()))
+        seq.append(sampler.pick(decoder.catch_up(seq, 1)[0]))
         cut = stopper.cut(seq[begin:], len(seq) - begin - 1)
         if cut is not None:
             break

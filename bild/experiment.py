@@ -74,14 +74,16 @@ def generation_config(options: Options):
     from bild.config import GenerationConfig
 
     return GenerationConfig(max_new_tokens=options.max_new_tokens, max_draft_tokens=options.max_draft_tokens,
-                            stop_strings=options.stop)
+                            stop_strings=options.stop, temperature=options.temperature, top_k=options.top_k,
+                            top_p=options.top_p, seed=options.seed)
 
 
 def setup_fingerprint(options: Options, pair) -> dict[str, Any]:
     """What must not change for results to stay comparable (checked when a study is resumed)."""
     return {"small": pair.small_name, "large": pair.large_name, "prompts": options.prompts, "task": options.task,
             "n": options.n, "max_new_tokens": options.max_new_tokens, "max_draft_tokens": options.max_draft_tokens,
-            "stop": options.stop, "dtype": str(pair.dtype).removeprefix("torch.")}
+            "stop": options.stop, "temperature": options.temperature, "top_k": options.top_k, "top_p": options.top_p,
+            "dtype": str(pair.dtype).removeprefix("torch.")}
 
 
 def execute_bench(options: BenchOptions) -> dict[str, Any]:

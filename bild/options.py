@@ -32,6 +32,10 @@ class Options(BaseModel):
     max_new_tokens: int = Field(64, ge=1)
     max_draft_tokens: int | None = Field(10, ge=1)
     stop: list[str] = []
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
     # measuring and logging
     repeats: int = Field(1, ge=1)
     threads: int | None = Field(None, ge=1)
@@ -59,7 +63,6 @@ class TuneOptions(Options):
     max_quality_drop: float | None = Field(None, ge=0)
     timeout: float | None = Field(None, gt=0)
     space: dict[str, str] = {}
-    seed: int | None = None
     out_dir: str = "."
     heartbeat: int = Field(30, ge=1)
     wandb_per: Literal["trial", "study"] = "trial"

@@ -17,53 +17,88 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
+
+from bild.sampling import Sampler
 
 
 class DraftStep:
     """What the small model predicts for the next token."""
 
-    def __init__(self, logits: torch.Tensor, pending: int, position: int) -> None:
+    def __init__(self, logits: torch.Tensor, pending: int, position: int, sampler: Sampler) -> None:
         self.logits = logits  # [V] small model's next-token logits
         self.pending = pending  # draft tokens since the large model last ran
         self.position = position  # new tokens so far, pending drafts included
+        self.sampler = sampler
 
     @cached_property
     def probs(self) -> torch.Tensor:  # [V]
+        """The small model's distribution (softmax of its logits, whatever the sampling settings)."""
         return torch.softmax(self.logits.float(), dim=-1)
-
-    @cached_property
-    def token(self) -> int:
-        """The small model's greedy token: the draft the engine keeps unless the policy falls back."""
-        return int(self.logits.argmax())
 
     @cached_property
     def max_prob(self) -> float:
         return float(self.probs.max())
 
+    @cached_property
+    def entropy(self) -> float:
+        """Entropy of `probs` in nats."""
+        return float(-(self.probs * torch.log(self.probs.clamp_min(1e-30))).sum())
+
+    @cached_property
+    def sampling_probs(self) -> torch.Tensor | None:  # [V]
+        """The distribution the draft is drawn from (None when greedy)."""
+        return None if self.sampler.greedy else self.sampler.distribution(self.logits)
+
+    @cached_property
+    def token(self) -> int:
+        """The draft the engine keeps unless the policy falls back: greedy, or drawn once."""
+        return self.sampler.pick(self.logits, self.sampling_probs)
+
+
+class Verdict(NamedTuple):
+    """A rollback decision: `kept` drafts survive; the next token is drawn from `correction`
+    (a distribution over the vocabulary) or, when None, is the large model's own token."""
+
+    kept: int
+    correction: torch.Tensor | None = None  # [V]
+
 
 class Verification:
     """The pending draft tokens and the large model's predictions at each of their positions."""
 
-    def __init__(
-        self, draft_tokens: list[int], draft_logits: list[torch.Tensor], large_logits: torch.Tensor,
-        position: int,
-    ) -> None:
+    def __init__(self, steps: list[DraftStep], draft_tokens: list[int], large_logits: torch.Tensor,
+                 position: int, sampler: Sampler) -> None:
+        self.steps = steps  # the n draft steps, in order
         self.draft_tokens = draft_tokens  # [n] tokens the small model drafted
-        self._draft_logits = draft_logits  # n x [V] small-model logits that drafted them
         self.large_logits = large_logits  # [n + 1, V]; row i predicts draft i, row n the next token
         self.position = position  # new tokens before the first draft
+        self.sampler = sampler
 
     @property
     def n(self) -> int:
         return len(self.draft_tokens)
 
+    @property
+    def greedy(self) -> bool:
+        return self.sampler.greedy
+
     @cached_property
     def draft_logits(self) -> torch.Tensor:  # [n, V]
-        return torch.stack(self._draft_logits)
+        return torch.stack([s.logits for s in self.steps])
+
+    @cached_property
+    def draft_probs(self) -> torch.Tensor:  # [n, V]
+        """The distributions the drafts were drawn from (sampling only)."""
+        return torch.stack([s.sampling_probs for s in self.steps])
+
+    @cached_property
+    def large_probs(self) -> torch.Tensor:  # [n + 1, V]
+        """The large model's distributions under the same sampling settings (sampling only)."""
+        return self.sampler.distribution(self.large_logits)
 
     @cached_property
     def draft_ids(self) -> torch.Tensor:  # [n]
@@ -105,10 +140,12 @@ class Policy(BaseModel, ABC):
         """True to discard this draft and let the large model produce the next token."""
 
     @abstractmethod
-    def rollback(self, verification: Verification) -> int:
+    def rollback(self, verification: Verification) -> int | Verdict:
         """How many of the `verification.n` pending draft tokens survive (0..n).
 
-        The engine keeps that many, then appends the large model's token at the next position.
+        The engine keeps that many, then appends the large model's token at the next position
+        (greedy: its argmax; sampling: a draw from its distribution). Return a `Verdict` to
+        draw that token from another distribution instead (speculative sampling's residual).
         """
 
     @classmethod

@@ -79,6 +79,9 @@ def search_space(cls: type[Policy], overrides: dict[str, str] | None = None) -> 
             space[name] = value
         elif value is not None:
             fixed[name] = value
+        elif info.is_required():
+            raise BildError(f"policy {cls.name!r} needs {name!r}, which is not searched: fix it with "
+                            f"--space {name}=VALUE")
     if not space:
         raise BildError(f"policy {cls.name!r} has no tunable parameters (no bounded fields); give ranges "
                         "with --space KEY=LOW:HIGH or pick a policy with parameters (see `bild policies`)")

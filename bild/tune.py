@@ -39,6 +39,7 @@ from bild.pair import ModelPair
 from bild.space import search_space
 from bild.tasks import Example
 from bild.wandb_log import WandbLogger
+from policies import make_policy
 
 Metric = Literal["chrf", "bleu", "rouge_l", "agreement"]
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -210,7 +211,7 @@ class Objective:
             trial.study.stop()
             raise SurplusTrial
         params = {name: suggest(trial, name, dist) for name, dist in self.space.items()} | self.fixed
-        policy = self.cls(**params)
+        policy = make_policy(self.settings.policy, params)
         run = runner(self.pair, Method(name=self.settings.policy, policy=policy), self.config)
         run(self.prompts[0])  # warm-up
         samples = Samples()

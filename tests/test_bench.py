@@ -47,7 +47,7 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
 def test_params_apply_to_policies_that_have_them():
     methods = parse_methods("exact,bild", {"fallback_threshold": "0.2", "rollback_threshold": "3"})
     assert methods[0].policy.fallback_threshold == 0.2
-    assert methods[1].policy.params() == {"fallback_threshold": 0.2, "rollback_threshold": 3.0}
+    assert methods[1].policy.params() == {"fallback_threshold": 0.2, "rollback_threshold": 3.0, "rollback_rule": "nll"}
 
 
 def test_interrupted_bench_keeps_what_it_measured(load_pair, examples, tmp_path):

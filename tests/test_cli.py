@@ -47,7 +47,9 @@ def test_policies_lists_parameters_with_bounds():
     rows = {r["name"]: r for r in json.loads(run.stdout)}
     params = {p["name"]: p for p in rows["bild"]["params"]}
     assert params["fallback_threshold"]["min"] == 0.0 and params["fallback_threshold"]["max"] == 1.0
-    assert "range [0.0, 20.0]" in bild("policies").stdout
+    listing = bild("policies").stdout
+    assert "range [0.0, 30.0]" in listing and "one of nll|exact|rejection" in listing
+    assert "path (string, default required)" in listing
 
 
 @pytest.mark.parametrize(("args", "message"), [

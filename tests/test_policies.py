@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import typing
 
 import pytest
 from pydantic import Field
@@ -15,16 +16,18 @@ from policies.registry import _REGISTRY, ENTRY_POINT_GROUP
 
 
 def test_builtins_are_registered_with_bounded_parameters():
-    assert {"bild", "exact"} <= set(list_policies())
-    for cls in (policy_class("bild"), policy_class("exact")):
-        for field in cls.model_fields.values():
+    assert {"bild", "exact", "entropy", "topk-margin", "learned"} <= set(list_policies())
+    for name in ("bild", "exact", "entropy", "topk-margin", "learned"):
+        cls = policy_class(name)
+        for key, field in cls.model_fields.items():
             kinds = {type(m).__name__ for m in field.metadata}
-            assert {"Ge", "Le"} <= kinds, f"{cls.name} has an unbounded parameter"
+            choices = typing.get_origin(field.annotation) is typing.Literal
+            assert {"Ge", "Le"} <= kinds or choices or key == "path", f"{name}.{key} is unbounded"
 
 
 def test_parameters_are_validated_and_serialised():
     policy = make_policy("bild", {"fallback_threshold": "0.25", "rollback_threshold": 3})
-    assert policy.params() == {"fallback_threshold": 0.25, "rollback_threshold": 3.0}
+    assert policy.params() == {"fallback_threshold": 0.25, "rollback_threshold": 3.0, "rollback_rule": "nll"}
     assert make_policy(policy, {"rollback_threshold": 1.0}).rollback_threshold == 1.0
     with pytest.raises(BildError, match="less than or equal to 1"):
         make_policy("bild", {"fallback_threshold": 1.5})
@@ -35,7 +38,7 @@ def test_parameters_are_validated_and_serialised():
 
 
 def test_unknown_policy_lists_close_matches():
-    with pytest.raises(BildError, match=r"did you mean 'exact'\?.*known policies: bild, exact"):
+    with pytest.raises(BildError, match=r"did you mean 'exact'\?.*known policies: bild, entropy, exact"):
         policy_class("exakt")
 
 

@@ -6,7 +6,7 @@ import json
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from pydantic import Field
 
@@ -38,10 +38,15 @@ def settings(tmp_path, **kw) -> TuneSettings:
 def test_search_space_comes_from_the_policy_bounds():
     space, fixed = search_space(policy_class("bild"))
     assert space == {"fallback_threshold": FloatDistribution(0.0, 1.0),
-                     "rollback_threshold": FloatDistribution(0.0, 20.0)}
+                     "rollback_threshold": FloatDistribution(0.0, 30.0),
+                     "rollback_rule": CategoricalDistribution(["nll", "exact", "rejection"])}
     assert fixed == {}
-    space, fixed = search_space(policy_class("bild"), {"rollback_threshold": "1:4", "fallback_threshold": "0.3"})
-    assert space == {"rollback_threshold": FloatDistribution(1.0, 4.0)} and fixed == {"fallback_threshold": 0.3}
+    space, fixed = search_space(policy_class("bild"), {"rollback_threshold": "1:4", "fallback_threshold": "0.3",
+                                                       "rollback_rule": "nll"})
+    assert space == {"rollback_threshold": FloatDistribution(1.0, 4.0)}
+    assert fixed == {"fallback_threshold": 0.3, "rollback_rule": "nll"}
+    space, _ = search_space(policy_class("bild"), {"rollback_rule": "nll|exact"})
+    assert space["rollback_rule"] == CategoricalDistribution(["nll", "exact"])
     with pytest.raises(BildError, match="is not LOW:HIGH"):
         search_space(policy_class("bild"), {"rollback_threshold": "4:1"})
     with pytest.raises(BildError, match="has no parameter 'margin'"):

@@ -1,0 +1,70 @@
+"""Rollback rules, and the base class that makes them composable with any fallback rule.
+
+A `RulePolicy` is a fallback rule (its subclass's `fallback` and parameters) plus one of these
+rollback rules, chosen by the `rollback_rule` parameter:
+
+- `nll`: the paper's. Roll back at the first draft whose −log p_large(draft) exceeds
+  `rollback_threshold`, skipping drafts that are the large model's own argmax (replacing a token
+  by itself is a no-op; the authors' code stops examining drafts there instead).
+- `exact`: keep drafts up to the first one the large model would not choose (greedy
+  speculative decoding; under sampling, compared with the large model's argmax).
+- `rejection`: speculative sampling (Leviathan et al. 2023): draft i survives with probability
+  min(1, p_large/p_small) of its token; the first rejected one is replaced by a draw from
+  norm(max(0, p_large − p_small)), so the output follows the large model's distribution
+  exactly. Under greedy decoding it is `exact`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from bild.policy import Policy, Verdict, Verification
+
+
+def nll_rollback(verification: Verification, threshold: float) -> int:
+    if verification.first_mismatch == verification.n:  # the large model agrees everywhere
+        return verification.n
+    large = verification.large_logits.new_tensor(verification.large_tokens[: verification.n])
+    bad = (verification.draft_nll > threshold) & (large != verification.draft_ids)
+    return int(bad.int().argmax()) if bool(bad.any()) else verification.n
+
+
+def rejection_rollback(verification: Verification) -> int | Verdict:
+    if verification.greedy:
+        return verification.first_mismatch
+    n, ids = verification.n, verification.draft_ids[:, None]
+    p_small = verification.draft_probs.gather(-1, ids).squeeze(-1)  # [n]
+    p_large = verification.large_probs[:n].gather(-1, ids).squeeze(-1)  # [n]
+    accept = verification.sampler.uniform(n, p_small.device) * p_small <= p_large  # u < p_L / p_S
+    if bool(accept.all()):
+        return n
+    kept = int((~accept).int().argmax())
+    residual = (verification.large_probs[kept] - verification.draft_probs[kept]).clamp_min(0)
+    total = residual.sum()
+    # p_L == p_S where the draft was drawn: rejection has probability 0; guard the rounding case
+    return Verdict(kept, residual / total if total > 0 else verification.large_probs[kept])
+
+
+class RulePolicy(Policy):
+    """A fallback rule (the subclass) plus a rollback rule chosen by `rollback_rule`."""
+
+    rollback_rule: Literal["nll", "exact", "rejection"] = Field(
+        "nll", description="nll: the paper's threshold; exact: first disagreement; rejection: speculative sampling")
+    rollback_threshold: float = Field(5.0, ge=0.0, le=30.0, description=(
+        "nll rule: roll back at the first draft with −log p_large(draft) above this (0: any disagreement)"))
+
+    def rollback(self, verification: Verification) -> int | Verdict:
+        if self.rollback_rule == "nll":
+            return nll_rollback(verification, self.rollback_threshold)
+        if self.rollback_rule == "exact":
+            return verification.first_mismatch
+        return rejection_rollback(verification)
+
+
+def top_margin(probs: torch.Tensor, k: int) -> float:
+    """Top-1 probability minus the sum of the next k."""
+    top = torch.topk(probs, k + 1).values
+    return float(top[0] - top[1:].sum())
