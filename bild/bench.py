@@ -17,6 +17,7 @@ and the summary `<out>` is rewritten (marked incomplete until the run finishes).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -145,9 +146,19 @@ def timed(fn: Callable, *args) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info(pair: ModelPair) -> dict[str, Any]:
     info = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "device": str(pair.device), "dtype": str(pair.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -357,10 +368,11 @@ def plot(report: dict[str, Any], path: str) -> None:
     rows = report["methods"]
     metric = "chrf" if all(r["chrf"] is not None for r in rows.values()) else "agreement_with_large"
     speed = "speedup_vs_large" if all(r["speedup_vs_large"] is not None for r in rows.values()) else "tokens_per_s"
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, r in rows.items():
-        ax.scatter(r[speed], r[metric], s=36)
-        ax.annotate(name, (r[speed], r[metric]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    markers = "osD^v<>pPX*h"
+    for i, (name, r) in enumerate(rows.items()):  # a legend, not labels: nearby points would overlap
+        ax.scatter(r[speed], r[metric], s=40, marker=markers[i % len(markers)], label=name)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel(speed.replace("_", " "))
     ax.set_ylabel(metric.replace("_", " "))
     ax.set_title(f"{report['config'].get('large', '')}: quality vs speed", fontsize=9)

@@ -107,19 +107,18 @@ def generate(
     started = time.perf_counter()
     prompt_ids = encode_prompt(pair, prompt, config.max_new_tokens)
     seq, (small, large) = start(pair, prompt_ids, pair.small, pair.large)
-    begin = len(seq)  # seq[begin:] are new tokens, the last `len(drafts)` of them pending
+    begin = len(seq)  # seq[begin:] are new tokens, the last `len(steps)` of them pending
     stopper = Stopper(pair.tokenizer, eos_ids(pair), config.max_new_tokens, config.stop_strings)
     sampler = Sampler(config, pair.device)
     cap = config.max_draft_tokens or config.max_new_tokens
     stats = GenerationStats()
-    drafts: list[int] = []
-    steps: list[DraftStep] = []
+    steps: list[DraftStep] = []  # the pending drafts
 
     while True:
         # draft: the small model proposes until the policy falls back or a limit is hit
-        if len(drafts) < cap and len(seq) - begin < config.max_new_tokens:
+        if len(steps) < cap and len(seq) - begin < config.max_new_tokens:
             t = time.perf_counter()
-            step = DraftStep(small.catch_up(seq, 1)[0], len(drafts), len(seq) - begin, sampler)
+            step = DraftStep(small.catch_up(seq, 1)[0], len(steps), len(seq) - begin, sampler)
             fallback = policy.fallback(step)
             token = -1 if fallback else step.token
             stats.small_seconds += time.perf_counter() - t
@@ -127,17 +126,16 @@ def generate(
                 stats.fallbacks += 1
             else:
                 seq.append(token)
-                drafts.append(token)
                 steps.append(step)
                 if token not in stopper.eos_ids:
                     continue
-        elif len(drafts) == cap:
+        elif len(steps) == cap:
             stats.forced_verifications += 1
 
         # verify: one large-model pass over all unseen positions, then the rollback decision
         t = time.perf_counter()
-        n = len(drafts)
-        verification = Verification(steps, drafts, large.catch_up(seq, n + 1), len(seq) - begin - n, sampler)
+        n = len(steps)
+        verification = Verification(steps, large.catch_up(seq, n + 1), len(seq) - begin - n, sampler)
         decision = policy.rollback(verification) if n else 0
         kept, resample = decision if isinstance(decision, Verdict) else (decision, None)
         if not 0 <= kept <= n:
@@ -156,7 +154,7 @@ def generate(
             del seq[len(seq) - (n - kept):]
         checked = len(seq) - begin - kept
         seq.append(correction)
-        drafts, steps = [], []
+        steps = []
         large.rewind(len(seq) - 1)
         small.rewind(len(seq) - 1)
         cut = stopper.cut(seq[begin:], checked)

@@ -70,10 +70,9 @@ class Verdict(NamedTuple):
 class Verification:
     """The pending draft tokens and the large model's predictions at each of their positions."""
 
-    def __init__(self, steps: list[DraftStep], draft_tokens: list[int], large_logits: torch.Tensor,
-                 position: int, sampler: Sampler) -> None:
+    def __init__(self, steps: list[DraftStep], large_logits: torch.Tensor, position: int, sampler: Sampler) -> None:
         self.steps = steps  # the n draft steps, in order
-        self.draft_tokens = draft_tokens  # [n] tokens the small model drafted
+        self.draft_tokens = [s.token for s in steps]  # [n] tokens the small model drafted
         self.large_logits = large_logits  # [n + 1, V]; row i predicts draft i, row n the next token
         self.position = position  # new tokens before the first draft
         self.sampler = sampler

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -96,6 +97,7 @@ def open_storage(settings: TuneSettings) -> optuna.storages.RDBStorage:
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     attempts = 5
     for attempt in range(attempts):
         try:
@@ -256,9 +258,18 @@ class Objective:
         return speedup, value
 
 
-def stop_when_full(total: int):
+def stop_when_full(total: int, metric: str):
+    """After each trial: one progress line on stderr; stop once the study holds `total`."""
+
     def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        if len(study.get_trials(deepcopy=False, states=FINISHED)) >= total:
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if trial.state in FINISHED:
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+            quality = (trial.user_attrs.get("quality") or {}).get(metric)
+            print(f"[{finished}/{total}] trial {trial.number} {trial.state.name.lower()}: speedup "
+                  f"{trial.user_attrs.get('speedup', float('nan')):.2f}, {metric} "
+                  f"{'-' if quality is None else f'{quality:.2f}'} ({params})", file=sys.stderr, flush=True)
+        if finished >= total:
             study.stop()
 
     return callback
@@ -332,10 +343,9 @@ def run_tune(settings: TuneSettings, pair: ModelPair, examples: list[Example], c
     prompts = [encode_prompt(pair, e.prompt, config.max_new_tokens) for e in examples]
     base = baseline(study, pair, examples, prompts, config, settings.repeats)
     objective = Objective(settings, pair, examples, prompts, config, base, logger)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if len(study.get_trials(deepcopy=False, states=FINISHED)) < settings.trials:
         study.optimize(objective, timeout=settings.timeout, catch=(SurplusTrial,),
-                       callbacks=[stop_when_full(settings.trials)])
+                       callbacks=[stop_when_full(settings.trials, settings.metric)])
     rows = front_rows(front(study, settings), settings.metric)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     report = {"study": study.study_name, "storage": settings.storage, "policy": settings.policy,

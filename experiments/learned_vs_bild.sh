@@ -19,3 +19,10 @@ for policy in bild learned; do
     --max-new-tokens 64 --threads 2 --study "pycode-$policy" --storage sqlite:///out/pycode-fronts.db \
     --seed 0 --out-dir out --wandb-mode disabled "${space[@]}"
 done
+# Speedups of two studies are measured minutes apart against their own baselines, and this machine's
+# speed drifts; so the fronts' points are compared again side by side, on prompts 17-64 (not tuned on).
+sed -n '17,64p' "$SHARED/data/pycode_stdlib_heldout.jsonl" > out/pycode_check.jsonl
+L="learned@path=out/pycode_learned.json"
+"$BILD" bench "${PAIR[@]}" --prompts out/pycode_check.jsonl --max-new-tokens 64 --threads 2 --wandb-mode disabled \
+  --methods "large,bild@fallback_threshold=0.225@rollback_threshold=1.8,bild@fallback_threshold=0.002@rollback_threshold=4.7,$L@threshold=0.717@rollback_threshold=1.93,$L@threshold=0.428@rollback_threshold=2.31,$L@threshold=0.58@rollback_threshold=4.99" \
+  --json out/learned_vs_bild.json --plot out/learned_vs_bild.png
