@@ -81,7 +81,7 @@ def test_two_workers_share_one_study(worker_args, storage, tmp_path):
 
 
 def wait_for_a_fresh_trial(storage: str, timeout: float = 180) -> None:
-    """Until a trial after the first has just started (so it is far from its end when killed)."""
+    """Until a trial after the first has its parameters and just started (far from its end when killed)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -91,7 +91,8 @@ def wait_for_a_fresh_trial(storage: str, timeout: float = 180) -> None:
             continue
         now = datetime.now()
         if study.get_trials(states=FINISHED) and any(
-                (now - t.datetime_start).total_seconds() < 0.5 for t in study.get_trials(states=(TrialState.RUNNING,))):
+                t.params and (now - t.datetime_start).total_seconds() < 1.0
+                for t in study.get_trials(states=(TrialState.RUNNING,))):
             return
         time.sleep(0.05)
     raise AssertionError("no trial started in time")
@@ -99,7 +100,7 @@ def wait_for_a_fresh_trial(storage: str, timeout: float = 180) -> None:
 
 def test_a_killed_workers_trial_is_retried_and_the_study_resumes(worker_args, storage, tmp_path):
     # many prompts make each trial long enough to be killed in the middle of one
-    victim = start_worker(worker_args, "--storage", storage, "--trials", "5", "--repeats", "25", "--heartbeat", "1",
+    victim = start_worker(worker_args, "--storage", storage, "--trials", "5", "--repeats", "40", "--heartbeat", "1",
                           out_dir=tmp_path)
     wait_for_a_fresh_trial(storage)
     victim.send_signal(signal.SIGKILL)
