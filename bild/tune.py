@@ -234,9 +234,6 @@ class Objective:
         quality = quality_of(samples, self.examples[:done], self.base.tokens[:done])
         base_quality = self.base.quality[self.settings.metric] if not pruned else None
         value = quality[self.settings.metric]
-        if value is None:
-            raise BildError(f"--metric {self.settings.metric} needs references in the prompt set; "
-                            "use --metric agreement")
         speedup = samples.tokens_per_s / self.base.tokens_per_s
         attrs = {"params": params, "speedup": speedup, "tokens_per_s": samples.tokens_per_s, "quality": quality,
                  "quality_drop": (base_quality - value) if base_quality is not None else None,
@@ -337,6 +334,9 @@ def run_tune(settings: TuneSettings, pair: ModelPair, examples: list[Example], c
     from policies import policy_class
 
     search_space(policy_class(settings.policy), settings.space)  # fail fast on a policy with no knobs
+    if settings.metric != "agreement" and any(e.reference is None for e in examples):
+        raise BildError(f"--metric {settings.metric} needs a reference for every prompt; "
+                        "use --metric agreement (agreement with the large model) for prompts without")
     fingerprint = {**fingerprint, **settings.model_dump(include={"policy", "objectives", "metric",
                                                                   "max_quality_drop", "space"})}
     study = open_study(settings, fingerprint)

@@ -97,6 +97,8 @@ def test_bad_input(load_pair, examples, tmp_path):
         run_tune(settings(tmp_path, max_quality_drop=1.0), pair, examples, CFG, SETUP, OFF)
     with pytest.raises(BildError, match="needs --max-quality-drop"):
         run_tune(settings(tmp_path, objectives=["speedup"]), pair, examples, CFG, SETUP, OFF)
+    with pytest.raises(BildError, match="needs a reference for every prompt"):
+        run_tune(settings(tmp_path), pair, [Example(id="x", prompt="def add(")], CFG, SETUP, OFF)
     with pytest.raises(BildError, match="twice"):
         run_tune(settings(tmp_path, objectives=["speedup", "speedup"]), pair, examples, CFG, SETUP, OFF)
 
