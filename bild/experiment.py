@@ -119,9 +119,6 @@ def execute_tune(options: TuneOptions) -> dict[str, Any]:
     config = generation_config(options)
     examples = load_examples(options.prompts, options.task, options.n)
     objectives = [o.strip() for o in options.objectives.split(",") if o.strip()]
-    if any(o not in ("speedup", "quality") for o in objectives):
-        raise BildError(f"--objectives {options.objectives}: use speedup,quality (Pareto) or speedup "
-                        "(with --max-quality-drop)")
     study = options.study or f"bild-{options.policy}-{options.task or Path(options.prompts or 'prompts').stem}"
     settings = TuneSettings(policy=options.policy, trials=options.trials, study=study, storage=options.storage,
                             objectives=objectives, metric=options.metric, max_quality_drop=options.max_quality_drop,

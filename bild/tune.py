@@ -52,7 +52,7 @@ class TuneSettings(BaseModel):
     trials: int = Field(20, ge=1)
     study: str | None = None
     storage: str = "sqlite:///bild-tune.db"
-    objectives: list[Literal["speedup", "quality"]] = ["speedup", "quality"]
+    objectives: list[str] = ["speedup", "quality"]  # checked by `check_objectives`
     metric: Metric = "chrf"
     max_quality_drop: float | None = Field(None, ge=0)
     timeout: float | None = Field(None, gt=0)
