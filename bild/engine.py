@@ -157,7 +157,7 @@ def generate(
         steps = []
         large.rewind(len(seq) - 1)
         small.rewind(len(seq) - 1)
-        cut = stopper.cut(seq[begin:], checked)
+        cut = stopper.cut(seq, begin, checked)
         if cut is not None:
             break
 
@@ -187,7 +187,7 @@ def generate_single(
     sampler = Sampler(config, pair.device)
     while True:
         seq.append(sampler.pick(decoder.catch_up(seq, 1)[0]))
-        cut = stopper.cut(seq[begin:], len(seq) - begin - 1)
+        cut = stopper.cut(seq, begin, len(seq) - begin - 1)
         if cut is not None:
             break
     stats = GenerationStats()

@@ -1,7 +1,8 @@
 """When to stop: EOS, `max_new_tokens`, stop strings.
 
-`Stopper.cut` looks only at tokens committed since its last call, so the per-token cost is a
-set lookup; stop strings decode a short tail of text, and only when some are given.
+`Stopper.cut` looks only at tokens committed since its last call, in place (no copy of the
+sequence), so the per-token cost is a set lookup; stop strings decode a short tail of text, and
+only when some are given.
 """
 
 from __future__ import annotations
@@ -23,18 +24,20 @@ class Stopper:
         self.tail = 4 + 4 * max((len(s) for s in stop_strings), default=0)
         self.reason = ""
 
-    def cut(self, new: list[int], checked: int) -> int | None:
-        """Length to cut `new` to if generation must stop; `new[:checked]` was seen before."""
-        for i in range(checked, min(len(new), self.max_new_tokens)):
-            if new[i] in self.eos_ids:
+    def cut(self, seq: list[int], begin: int, checked: int) -> int | None:
+        """How many new tokens (`seq[begin:]`) to keep if generation must stop; the first `checked`
+        of them were seen before."""
+        new = len(seq) - begin
+        for i in range(checked, min(new, self.max_new_tokens)):
+            if seq[begin + i] in self.eos_ids:
                 self.reason = "eos"
                 return i + 1
             if self.stop_strings:
-                tail = self.tokenizer.decode(new[max(0, i + 1 - self.tail): i + 1])
+                tail = self.tokenizer.decode(seq[begin + max(0, i + 1 - self.tail): begin + i + 1])
                 if any(s in tail for s in self.stop_strings):
                     self.reason = "stop_string"
                     return i + 1
-        if len(new) >= self.max_new_tokens:
+        if new >= self.max_new_tokens:
             self.reason = "max_new_tokens"
             return self.max_new_tokens
         return None
