@@ -10,7 +10,7 @@ from pydantic import Field
 
 from bild.policy import DraftStep
 from policies.registry import register_policy
-from policies.rules import RulePolicy
+from policies.rules import RulePolicy, low_confidence
 
 
 @register_policy("bild")
@@ -21,4 +21,4 @@ class BiLDPolicy(RulePolicy):
         "fall back when the small model's max probability is below this (0: never, 1: always)"))
 
     def fallback(self, step: DraftStep) -> bool:
-        return self.fallback_threshold > 0 and step.max_prob < self.fallback_threshold
+        return low_confidence(step, self.fallback_threshold)

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from bild.policy import DraftStep, Policy, Verification
 from policies.registry import register_policy
+from policies.rules import low_confidence
 
 
 @register_policy("exact")
@@ -21,7 +22,7 @@ class ExactPolicy(Policy):
         "stop drafting when the small model's max probability is below this (speed only)"))
 
     def fallback(self, step: DraftStep) -> bool:
-        return self.fallback_threshold > 0 and step.max_prob < self.fallback_threshold
+        return low_confidence(step, self.fallback_threshold)
 
     def rollback(self, verification: Verification) -> int:
         return verification.first_mismatch

@@ -1,4 +1,5 @@
-"""Rollback rules, and the base class that makes them composable with any fallback rule.
+"""Rollback rules, the base class that makes them composable with any fallback rule, and the
+fallback signals shared by several policies.
 
 A `RulePolicy` is a fallback rule (its subclass's `fallback` and parameters) plus one of these
 rollback rules, chosen by the `rollback_rule` parameter:
@@ -21,7 +22,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from bild.policy import Policy, Verdict, Verification
+from bild.policy import DraftStep, Policy, Verdict, Verification
 
 
 def nll_rollback(verification: Verification, threshold: float) -> int:
@@ -62,6 +63,11 @@ class RulePolicy(Policy):
         if self.rollback_rule == "exact":
             return verification.first_mismatch
         return rejection_rollback(verification)
+
+
+def low_confidence(step: DraftStep, threshold: float) -> bool:
+    """The paper's fallback signal: the small model's max probability is below `threshold` (0: never)."""
+    return threshold > 0 and step.max_prob < threshold
 
 
 def top_margin(probs: torch.Tensor, k: int) -> float:
