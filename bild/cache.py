@@ -1,12 +1,20 @@
 """KV-cache handling: the only module that touches transformers' cache API.
 
 transformers moves this API between releases (5.24 renamed the forward kwarg
-`past_key_values` to `cache`, and `DynamicCache.crop` takes a negative count of tokens to
-drop). Everything version-dependent lives here so the engine speaks in positions only:
-`new_cache` builds an empty cache for a model, `rewind` cuts it back to a length.
+`past_key_values` to `cache`; `DynamicCache.crop` takes a negative count of tokens to drop;
+`StaticCache.crop(-k)` only moves each layer's position pointer, a device tensor, and leaves
+the stale slots to be masked out by causal position and overwritten by the next write).
+Everything version-dependent lives here, so the rest of the engine speaks in positions only.
 
-Limits: dynamic caches only. Sliding-window layers cannot be rewound once the window is
-full; `rewind` turns transformers' error into a `BildError`.
+Two kinds: a dynamic cache grows with every pass (the default, any model); a static cache is
+preallocated for `capacity` positions and never reallocates, which is what CUDA graphs need.
+The caller keeps the host-side count of positions a cache holds and passes counts to `rewind`:
+reading a static cache's length would sync with the device.
+
+Limits: a static cache serves decoder-only models whose layers all use full attention;
+`static_unsupported` names why another model cannot use one. Sliding-window dynamic layers
+cannot be rewound once the window is full; `rewind` turns transformers' error into a
+`BildError`.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import inspect
 
 from torch import nn
-from transformers import DynamicCache, EncoderDecoderCache
+from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.cache_utils import Cache
 
 from bild.errors import BildError
@@ -26,18 +34,43 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def new_cache(model: nn.Module, encoder_decoder: bool) -> Cache:
-    """An empty cache for `model`; encoder-decoders get self- and cross-attention halves."""
+def dynamic_cache(model: nn.Module, encoder_decoder: bool) -> Cache:
+    """An empty growing cache; encoder-decoders get self- and cross-attention halves."""
     if encoder_decoder:
         return EncoderDecoderCache(DynamicCache(config=model.config), DynamicCache(config=model.config))
     return DynamicCache(config=model.config)
 
 
-def rewind(cache: Cache, length: int) -> None:
-    """Cut the (self-attention) cache back to its first `length` positions, in place."""
-    drop = cache.get_seq_length() - length
+def static_cache(model: nn.Module, capacity: int) -> Cache:
+    """An empty preallocated cache of `capacity` positions (allocated on the first write)."""
+    return StaticCache(config=model.config, max_cache_len=capacity)
+
+
+def layer_types(model: nn.Module) -> list[str]:
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    if types is None:
+        sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+        types = ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+    return list(types)
+
+
+def static_unsupported(model: nn.Module) -> str | None:
+    """Why a static cache cannot serve `model`, or None when it can."""
+    if model.config.is_encoder_decoder:
+        return "encoder-decoder models keep a dynamic cache"
+    kinds = sorted(set(layer_types(model)) - {"full_attention"})
+    if kinds:
+        return f"the model has {', '.join(kinds)} layers, which a static cache cannot rewind"
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"{type(model).__name__} does not support static caches in this transformers"
+    return None
+
+
+def rewind(cache: Cache, drop: int) -> None:
+    """Forget the last `drop` positions of the (self-attention) cache, in place."""
     if drop < 0:
-        raise ValueError(f"cannot rewind a cache of {length + drop} positions to {length}")
+        raise ValueError(f"cannot rewind by {drop} positions")
     if drop == 0:
         return
     try:

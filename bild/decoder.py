@@ -1,54 +1,57 @@
-"""One model's side of decoding: its KV cache and how much of the token sequence it holds.
+"""One model's side of one generation: how much of the shared token sequence its cache holds.
 
 Both models read one shared token sequence (a Python list of ids; for encoder-decoders the
 decoder's sequence, the prompt going to the encoder once). A `Decoder` remembers how many
-positions of it are in its cache (`seen`). `catch_up` feeds every position it has not seen in
-ONE forward pass (the prompt on the first call, then one token or a whole draft), and
-`rewind` cuts the cache back after a rollback. No position is ever recomputed unless it was
-rolled back: the invariant the tests check through `positions`.
+positions of it its runner's cache holds (`seen`, counted on the host: the truth, never read
+back from the device). `catch_up` feeds every position it has not seen in ONE pass (the prompt
+on the first call, then one token or a whole draft), and `rewind` cuts the cache back after a
+rollback. No position is ever recomputed unless it was rolled back: the invariant the tests
+check through the pass counts.
+
+Per pass it counts how many tokens were fed (a histogram by length: what the cost model
+prices) and the seconds spent, the host sync of the pass's summary included.
 """
 
 from __future__ import annotations
 
-import inspect
+import time
+from collections import Counter
 
-import torch
-from transformers import PreTrainedModel
-
-from bild.cache import cache_kwarg, new_cache, rewind
+from bild.forward import Pass, Runner
 
 
 class Decoder:
-    def __init__(self, model: PreTrainedModel, vocab: int, encoder_ids: list[int] | None = None) -> None:
-        self.model = model
-        self.vocab = vocab  # logit width shared with the other model
-        self.device = model.device
-        self.encoder_decoder = encoder_ids is not None
-        self.cache = new_cache(model, self.encoder_decoder)
-        self.input_key = "decoder_input_ids" if self.encoder_decoder else "input_ids"
-        self.kwargs: dict = {cache_kwarg(model): self.cache, "use_cache": True}
-        if self.encoder_decoder:
-            ids = torch.tensor([encoder_ids], device=self.device)  # [1, S]
-            self.kwargs["encoder_outputs"] = model.get_encoder()(input_ids=ids)
-        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    def __init__(self, runner: Runner, capacity: int, encoder_ids: list[int] | None = None) -> None:
+        runner.start(capacity, encoder_ids)
+        self.runner = runner
         self.seen = 0
-        self.positions = 0  # tokens fed so far, for the statistics
-        self.calls = 0
+        self.prefill = 0  # tokens of the first pass (the prompt, or the decoder start for encoder-decoders)
+        self.passes: Counter[int] = Counter()  # later passes by tokens fed
+        self.seconds = 0.0
 
-    def catch_up(self, seq: list[int], keep: int) -> torch.Tensor:
-        """Feed `seq[seen:]` in one pass; return the logits of its last `keep` positions. # [keep, V]"""
-        new = seq[self.seen:]
-        ids = torch.tensor([new], device=self.device)  # [1, T]
-        if self.keeps_logits:
-            self.kwargs["logits_to_keep"] = keep
-        logits = self.model(**{self.input_key: ids}, **self.kwargs).logits  # [1, T or keep, V']
+    def catch_up(self, seq: list[int], keep: int) -> Pass:
+        """Feed `seq[seen:]` in one pass; the last `keep` rows of its output."""
+        started = time.perf_counter()
+        out = self.runner.feed(seq[self.seen:], keep)
+        self.seconds += time.perf_counter() - started
+        fed = len(seq) - self.seen
+        if self.seen == 0:
+            self.prefill = fed
+        else:
+            self.passes[fed] += 1
         self.seen = len(seq)
-        self.positions += len(new)
-        self.calls += 1
-        return logits[0, -keep:, : self.vocab]
+        return out
 
     def rewind(self, length: int) -> None:
         """Forget every position from `length` on."""
         if length < self.seen:
-            rewind(self.cache, length)
+            self.runner.rewind(self.seen - length)
             self.seen = length
+
+    @property
+    def calls(self) -> int:
+        return (self.prefill > 0) + sum(self.passes.values())
+
+    @property
+    def positions(self) -> int:
+        return self.prefill + sum(n * c for n, c in self.passes.items())

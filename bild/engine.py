@@ -1,16 +1,19 @@
-"""The BiLD decoding loop (greedy, batch size 1) and the single-model baseline.
+"""The BiLD decoding loop and the single-model baseline (batch size 1).
 
-    draft:   the small model predicts the next token; unless the policy falls back (or the cap
-             on consecutive drafts is hit, or the draft is EOS) the token is appended as pending
-             and the small model continues.
-    verify:  the large model runs ONCE over every position it has not seen (its last token and
-             all pending drafts), the policy's rollback says how many drafts survive, and the
-             large model's own token is appended after them. Both caches are rewound to the
-             surviving prefix; the next `catch_up` resynchronises each model in one pass.
+    generate(pair, prompt, policy, config)
+        start   encode the prompt; reset each model's long-lived runner (bild/forward.py)
+        draft   the small model proposes tokens, one pass each, until the policy falls back, the
+                cap on consecutive drafts is hit, the draft is EOS or max_new_tokens is reached
+        verify  the large model runs ONCE over every position it has not seen (its previous
+                token and the pending drafts); the policy's rollback says how many drafts
+                survive; the large model's token is appended after them (its argmax, or a draw
+                when sampling); both caches are rewound to the surviving prefix
+        repeat draft and verify until EOS, a stop string or max_new_tokens
 
 Unlike the authors' code, the first token comes from the small model too (the large model's
 first call prefills the prompt together with the first drafts), so a policy that never falls
-back is exactly small-only greedy decoding.
+back is exactly small-only decoding. Greedy by default; `GenerationConfig.temperature > 0`
+samples both models from one seeded generator (bild/sampling.py).
 
 Batch size 1 only (the paper's setting): speculative acceptance lengths differ per sequence.
 """
@@ -19,48 +22,76 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from transformers import PreTrainedModel
+from pydantic import ValidationError
 
 from bild.config import GenerationConfig
 from bild.decoder import Decoder
 from bild.errors import BildError
+from bild.forward import Runner, make_runner, resolve_fast_path
+from bild.observer import Observer
 from bild.pair import ModelPair
-from bild.policy import DraftStep, Policy, Verdict, Verification
+from bild.policy import DraftStep, History, Outcome, Policy, StopReason, Verdict, Verification
+from bild.registry import describe_errors, make_policy
 from bild.sampling import Sampler
-from bild.stats import GenerationResult, GenerationStats
+from bild.stats import GenerationResult, StatsRecorder
 from bild.stopping import Stopper
 
-# --- prompt ----------------------------------------------------------------------------------
+Prompt = str | Sequence[int] | torch.Tensor
+
+# --- checking what the caller gave ----------------------------------------------------------------
 
 
-def context_length(config) -> int | None:
-    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(config.get_text_config(decoder=True), attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+def as_config(config: GenerationConfig | dict | None) -> GenerationConfig:
+    if config is None or isinstance(config, GenerationConfig):
+        return config or GenerationConfig()
+    if isinstance(config, dict):
+        try:
+            return GenerationConfig(**config)
+        except ValidationError as e:
+            raise BildError(f"invalid generation config: {describe_errors(e, GenerationConfig)}") from None
+    raise BildError(f"config must be a GenerationConfig or a dict, not {type(config).__name__}")
 
 
-def encode_prompt(pair: ModelPair, prompt: str | Sequence[int] | torch.Tensor, max_new_tokens: int) -> list[int]:
+def as_policy(policy: Policy | str | type[Policy]) -> Policy:
+    return policy if isinstance(policy, Policy) else make_policy(policy)
+
+
+def encode_prompt(pair: ModelPair, prompt: Prompt, max_new_tokens: int) -> list[int]:
     """Prompt token ids, after checking that this is one non-empty prompt that fits the context."""
     if isinstance(prompt, torch.Tensor):
         if prompt.dim() == 2 and prompt.shape[0] != 1:
             raise BildError(f"batch size {prompt.shape[0]} asked for, but BiLD decodes one prompt at a "
                             "time (batch size 1, as in the paper): loop over the prompts")
+        if prompt.dtype.is_floating_point:
+            raise BildError(f"prompt token ids must be integers, got a {prompt.dtype} tensor")
         prompt = prompt.reshape(-1).tolist()
-    if isinstance(prompt, (list, tuple)) and prompt and not all(isinstance(t, int) for t in prompt):
-        raise BildError(f"{len(prompt)} prompts given, but BiLD decodes one prompt at a time "
-                        "(batch size 1, as in the paper): loop over the prompts")
+    if isinstance(prompt, (list, tuple)):
+        if any(isinstance(t, str) for t in prompt):
+            raise BildError(f"a list of {len(prompt)} prompt(s) given, but BiLD decodes one prompt at a time "
+                            "(batch size 1, as in the paper): pass one string, and loop over prompts")
+        bad = next((t for t in prompt if not isinstance(t, int) or isinstance(t, bool)), None)
+        if bad is not None:
+            raise BildError(f"a prompt is a string or a list of token ids (ints); this list holds {bad!r}")
+    elif not isinstance(prompt, str):
+        raise BildError(f"a prompt is a string or a list of token ids, not {type(prompt).__name__}")
+    if isinstance(prompt, str):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BildError(f"the prompt is not valid text ({e.reason} at character {e.start}): "
+                            "remove lone surrogates") from None
     ids = pair.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
     if not ids or (isinstance(prompt, str) and not prompt):
         raise BildError("the prompt is empty: give at least one token of text")
-    if max(ids) >= pair.vocab_size or min(ids) < 0:
-        raise BildError(f"prompt token id {max(ids)} is outside the vocabulary (0..{pair.vocab_size - 1})")
+    bad = next((t for t in ids if not 0 <= t < pair.vocab_size), None)
+    if bad is not None:
+        raise BildError(f"prompt token id {bad} is outside the vocabulary (0..{pair.vocab_size - 1})")
     if not pair.encoder_decoder:
         for name, model in (("small", pair.small), ("large", pair.large)):
-            ctx = context_length(model.config)
+            ctx = pair.context_length(model)
             if ctx is not None and len(ids) + max_new_tokens > ctx:
                 raise BildError(f"the prompt has {len(ids)} tokens and {max_new_tokens} new ones are asked for, "
                                 f"but the {name} model's context is {ctx} tokens: shorten the prompt or "
@@ -68,132 +99,166 @@ def encode_prompt(pair: ModelPair, prompt: str | Sequence[int] | torch.Tensor, m
     return ids
 
 
-def eos_ids(pair: ModelPair) -> set[int]:
-    eos = pair.large.generation_config.eos_token_id
-    if eos is None:
-        eos = pair.tokenizer.eos_token_id
-    if eos is None:
-        return set()
-    return set(eos) if isinstance(eos, list) else {eos}
+def checked_fallback(policy: Policy, decision: Any) -> bool:
+    if not isinstance(decision, bool) and type(decision).__name__ != "bool_":  # numpy's bool too
+        raise BildError(f"policy {type(policy).__name__}.fallback returned {decision!r} "
+                        f"({type(decision).__name__}); it must return True or False")
+    return bool(decision)
 
 
-def start(pair: ModelPair, prompt_ids: list[int], *models: PreTrainedModel) -> tuple[list[int], list[Decoder]]:
-    """The initial decoder sequence and a fresh `Decoder` per model (encoders run here, once)."""
-    if pair.encoder_decoder:
-        seq = [pair.large.config.decoder_start_token_id]
-        return seq, [Decoder(m, pair.vocab_size, prompt_ids) for m in models]
-    return list(prompt_ids), [Decoder(m, pair.vocab_size) for m in models]
+def checked_rollback(policy: Policy, decision: Any, n: int, vocab: int) -> Verdict:
+    where = f"policy {type(policy).__name__}.rollback"
+    kept, correction = decision if isinstance(decision, Verdict) else (decision, None)
+    if isinstance(kept, bool) or not isinstance(kept, int) or not 0 <= kept <= n:
+        raise BildError(f"{where} returned {kept!r} ({type(kept).__name__}); it must return a whole number "
+                        f"in 0..{n} (the drafts kept) or a Verdict")
+    if correction is not None and (
+            not isinstance(correction, torch.Tensor) or correction.shape != (vocab,)
+            or not bool(torch.isfinite(correction).all()) or bool((correction < 0).any())
+            or not float(correction.sum()) > 0):
+        raise BildError(f"{where} returned a Verdict whose correction is not a distribution over the "
+                            f"{vocab} tokens (a 1-D tensor, finite, non-negative, summing above 0)")
+    return Verdict(kept, correction)
 
 
-def finish(pair: ModelPair, new: list[int], prompt_ids: list[int], stopper: Stopper,
-           stats: GenerationStats, started: float) -> GenerationResult:
-    stats.new_tokens = len(new)
-    stats.wall_seconds = time.perf_counter() - started
-    text = stopper.trim_text(pair.tokenizer.decode(new, skip_special_tokens=True))
-    return GenerationResult(text=text, token_ids=new, prompt_tokens=len(prompt_ids),
-                            stop_reason=stopper.reason, stats=stats)
+# --- one generation --------------------------------------------------------------------------------
 
 
-# --- BiLD ------------------------------------------------------------------------------------
+def runner_for(pair: ModelPair, which: str, fast_path: str, most: int) -> Runner:
+    """The pair's long-lived runner of one model on one fast path (replaced if it needs longer passes)."""
+    key = (which, fast_path)
+    runner = pair.runners.get(key)
+    if runner is None or getattr(runner, "buckets", [most])[-1] < most:
+        model = getattr(pair, which)
+        runner = make_runner(model, pair.vocab_size, fast_path, most, pair.context_length(model))
+        pair.runners[key] = runner
+    return runner
 
 
-@torch.inference_mode()
-def generate(
-    pair: ModelPair, prompt: str | Sequence[int] | torch.Tensor, policy: Policy,
-    config: GenerationConfig | None = None,
-) -> GenerationResult:
-    """Decode one prompt with the small model drafting and the large model called per `policy`."""
-    config = config or GenerationConfig()
-    started = time.perf_counter()
-    prompt_ids = encode_prompt(pair, prompt, config.max_new_tokens)
-    seq, (small, large) = start(pair, prompt_ids, pair.small, pair.large)
-    begin = len(seq)  # seq[begin:] are new tokens, the last `len(steps)` of them pending
-    stopper = Stopper(pair.tokenizer, eos_ids(pair), config.max_new_tokens, config.stop_strings)
-    sampler = Sampler(config, pair.device)
-    cap = config.max_draft_tokens or config.max_new_tokens
-    stats = GenerationStats()
-    steps: list[DraftStep] = []  # the pending drafts
+class Generation:
+    """The state one generation's steps share."""
 
+    def __init__(self, pair: ModelPair, prompt: Prompt, config: GenerationConfig, models: tuple[str, ...],
+                 policy: Policy | None = None, state: Any = None, observers: Sequence[Observer] = ()) -> None:
+        self.started = time.perf_counter()
+        self.pair, self.config, self.policy = pair, config, policy
+        self.prompt_ids = encode_prompt(pair, prompt, config.max_new_tokens)
+        self.seq = [pair.large.config.decoder_start_token_id] if pair.encoder_decoder else list(self.prompt_ids)
+        self.begin = len(self.seq)  # seq[begin:] are new tokens
+        self.cap = config.draft_cap()
+        fast_path = resolve_fast_path(config.fast_path, {m: getattr(pair, m) for m in models}, pair.device)
+        capacity = len(self.seq) + config.max_new_tokens + self.cap + 1
+        encoder_ids = self.prompt_ids if pair.encoder_decoder else None
+        most = {"small": 2, "large": self.cap + 1} if policy is not None else {m: 1 for m in models}
+        self.decoders = {m: Decoder(runner_for(pair, m, fast_path, most[m]), capacity, encoder_ids) for m in models}
+        self.stopper = Stopper(pair.tokenizer, pair.eos_ids, config.max_new_tokens, config.stop_strings)
+        self.sampler = Sampler(config, pair.device)
+        self.history = History(self.seq, self.begin)
+        self.state = state
+        self.recorder = StatsRecorder()
+        self.observers = [self.recorder, *observers]
+        self.cut: int | None = None
+        for observer in self.observers:
+            observer.before_generation(self.prompt_ids)
+        if policy is not None:
+            policy.before_generation(state, self.prompt_ids)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.seq) - self.begin
+
+    def stop_check(self, checked: int) -> bool:
+        """Whether generation must stop; the first `checked` new tokens were checked before."""
+        self.cut = self.stopper.cut(self.seq, self.begin, checked)
+        return self.cut is not None
+
+    def finish(self) -> GenerationResult:
+        new = self.seq[self.begin: self.begin + self.cut]
+        stats = self.recorder.stats
+        for which, decoder in self.decoders.items():
+            stats.add_decoder(which, decoder)
+        stats.new_tokens = len(new)
+        stats.wall_seconds = time.perf_counter() - self.started
+        text = self.stopper.trim_text(self.pair.tokenizer.decode(new, skip_special_tokens=True))
+        result = GenerationResult(text=text, token_ids=new, prompt_tokens=len(self.prompt_ids),
+                                  stop_reason=self.stopper.reason, stats=stats)
+        for observer in self.observers:
+            observer.after_generation(result)
+        return result
+
+
+def draft(g: Generation) -> tuple[list[DraftStep], StopReason]:
+    """Small-model passes until the policy falls back or a limit is hit: the drafts and why it stopped."""
+    small, steps = g.decoders["small"], []
     while True:
-        # draft: the small model proposes until the policy falls back or a limit is hit
-        if len(steps) < cap and len(seq) - begin < config.max_new_tokens:
-            t = time.perf_counter()
-            step = DraftStep(small.catch_up(seq, 1)[0], len(steps), len(seq) - begin, sampler)
-            fallback = policy.fallback(step)
-            token = -1 if fallback else step.token
-            stats.small_seconds += time.perf_counter() - t
-            if fallback:
-                stats.fallbacks += 1
-            else:
-                seq.append(token)
-                steps.append(step)
-                if token not in stopper.eos_ids:
-                    continue
-        elif len(steps) == cap:
-            stats.forced_verifications += 1
-
-        # verify: one large-model pass over all unseen positions, then the rollback decision
-        t = time.perf_counter()
-        n = len(steps)
-        verification = Verification(steps, large.catch_up(seq, n + 1), len(seq) - begin - n, sampler)
-        decision = policy.rollback(verification) if n else 0
-        kept, resample = decision if isinstance(decision, Verdict) else (decision, None)
-        if not 0 <= kept <= n:
-            raise BildError(f"policy {type(policy).__name__}.rollback returned {kept}; it must be in 0..{n}")
-        if sampler.greedy:
-            correction = verification.large_tokens[kept]
-        else:
-            correction = sampler.pick(verification.large_logits[kept],
-                                      verification.large_probs[kept] if resample is None else resample)
-        stats.large_seconds += time.perf_counter() - t
-        stats.draft_tokens += n
-        stats.accepted_draft_tokens += kept
-        if kept < n:
-            stats.rollbacks += 1
-            stats.rolled_back_tokens += n - kept
-            del seq[len(seq) - (n - kept):]
-        checked = len(seq) - begin - kept
-        seq.append(correction)
-        steps = []
-        large.rewind(len(seq) - 1)
-        small.rewind(len(seq) - 1)
-        cut = stopper.cut(seq, begin, checked)
-        if cut is not None:
-            break
-
-    new = seq[begin: begin + cut]
-    stats.small_calls, stats.large_calls = small.calls, large.calls
-    stats.small_positions, stats.large_positions = small.positions, large.positions
-    return finish(pair, new, prompt_ids, stopper, stats, started)
+        if len(steps) == g.cap:
+            return steps, "cap"
+        if g.new_tokens >= g.config.max_new_tokens:
+            return steps, "length"
+        step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.sampler, g.history, g.state)
+        fallback = checked_fallback(g.policy, g.policy.fallback(step))
+        for observer in g.observers:
+            observer.after_draft(step, fallback)
+        if fallback:
+            return steps, "fallback"
+        g.seq.append(step.token)
+        steps.append(step)
+        if step.token in g.stopper.eos_ids:
+            return steps, "eos"
 
 
-# --- one model alone ---------------------------------------------------------------------------
+def verify(g: Generation, steps: list[DraftStep], reason: StopReason) -> bool:
+    """One large-model pass over every unseen position, the rollback decision, the next token, the
+    rewind; whether generation must stop."""
+    n = len(steps)
+    checked = g.new_tokens - n  # committed before these drafts, already checked for stops
+    verification = Verification(steps, g.decoders["large"].catch_up(g.seq, n + 1), checked, g.sampler,
+                                g.history, g.state)
+    kept, resample = checked_rollback(g.policy, g.policy.rollback(verification) if n else 0, n, g.pair.vocab_size)
+    if g.sampler.greedy and resample is None:
+        token = verification.large_tokens[kept]
+    else:
+        token = g.sampler.pick(verification.large_logits[kept],
+                               verification.large_probs[kept] if resample is None else resample)
+    del g.seq[len(g.seq) - (n - kept):]
+    g.seq.append(token)
+    for decoder in g.decoders.values():
+        decoder.rewind(len(g.seq) - 1)
+    outcome = Outcome(n, kept, reason)
+    g.history.record(outcome)
+    g.policy.after_verification(g.state, verification, outcome)
+    for observer in g.observers:
+        observer.after_verification(verification, outcome)
+    return g.stop_check(checked)
 
 
 @torch.inference_mode()
-def generate_single(
-    pair: ModelPair, prompt: str | Sequence[int] | torch.Tensor, which: str = "large",
-    config: GenerationConfig | None = None,
-) -> GenerationResult:
+def generate(pair: ModelPair, prompt: Prompt, policy: Policy | str, config: GenerationConfig | dict | None = None,
+             *, state: Any = None, observers: Sequence[Observer] = ()) -> GenerationResult:
+    """Decode one prompt with the small model drafting and the large model called per `policy`.
+
+    `state`: the policy's state (default: a fresh `policy.new_state()`); pass the same object to
+    successive calls to let a policy learn across prompts.
+    """
+    policy, config = as_policy(policy), as_config(config)
+    state = policy.new_state() if state is None else state
+    g = Generation(pair, prompt, config, ("small", "large"), policy, state, observers)
+    while not verify(g, *draft(g)):
+        pass
+    return g.finish()
+
+
+@torch.inference_mode()
+def generate_single(pair: ModelPair, prompt: Prompt, which: str = "large",
+                    config: GenerationConfig | dict | None = None,
+                    *, observers: Sequence[Observer] = ()) -> GenerationResult:
     """One model of the pair alone (greedy or sampled): the `large` and `small` baselines."""
     if which not in ("small", "large"):
         raise BildError(f"unknown model {which!r}: use 'small' or 'large'")
-    config = config or GenerationConfig()
-    started = time.perf_counter()
-    prompt_ids = encode_prompt(pair, prompt, config.max_new_tokens)
-    seq, (decoder,) = start(pair, prompt_ids, getattr(pair, which))
-    begin = len(seq)
-    stopper = Stopper(pair.tokenizer, eos_ids(pair), config.max_new_tokens, config.stop_strings)
-    sampler = Sampler(config, pair.device)
+    g = Generation(pair, prompt, as_config(config), (which,), observers=observers)
+    decoder = g.decoders[which]
     while True:
-        seq.append(sampler.pick(decoder.catch_up(seq, 1)[0]))
-        cut = stopper.cut(seq, begin, len(seq) - begin - 1)
-        if cut is not None:
-            break
-    stats = GenerationStats()
-    seconds = time.perf_counter() - started
-    if which == "small":
-        stats.small_calls, stats.small_positions, stats.small_seconds = decoder.calls, decoder.positions, seconds
-    else:
-        stats.large_calls, stats.large_positions, stats.large_seconds = decoder.calls, decoder.positions, seconds
-    return finish(pair, seq[begin: begin + cut], prompt_ids, stopper, stats, started)
+        out = decoder.catch_up(g.seq, 1)
+        g.seq.append(out.argmax[-1] if g.sampler.greedy else g.sampler.pick(out.logits[-1]))
+        if g.stop_check(g.new_tokens - 1):
+            return g.finish()

@@ -8,7 +8,9 @@ both models emit logits over that vocabulary (output widths may differ by paddin
 compares the common prefix) and encoder-decoders start decoding from the same token.
 
 Device defaults to CUDA when available, else CPU; dtype defaults to float32 on CPU and
-bfloat16 (float16 where unsupported) on CUDA.
+bfloat16 (float16 where unsupported) on CUDA. The pair also keeps each model's long-lived
+runners (bild/forward.py: caches, static buffers, captured graphs), so they are built once per
+process and reused by every generation.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import functools
 import os
 import socket
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -47,10 +49,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise BildError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise BildError(f"device {device!r} asked for, but no CUDA GPU is available: use --device cpu")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BildError(f"device {device!r} asked for, but no CUDA GPU is available: use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise BildError(f"device {device!r} asked for, but there are {torch.cuda.device_count()} GPUs")
+    elif resolved.type != "cpu":
+        available = getattr(torch, resolved.type, None)
+        if available is None or not getattr(available, "is_available", lambda: False)():
+            raise BildError(f"device {device!r} is not available to this torch: use cpu or cuda")
     return resolved
 
 
@@ -185,6 +194,7 @@ class ModelPair:
     tokenizer: PreTrainedTokenizerBase
     small_name: str = "small"
     large_name: str = "large"
+    runners: dict = field(default_factory=dict, repr=False)  # (model, fast path) -> bild.forward.Runner
 
     def __post_init__(self) -> None:
         self.vocab_size = check_models(self.small, self.large, len(self.tokenizer))
@@ -192,8 +202,25 @@ class ModelPair:
         self.dtype = self.large.dtype
 
     @property
+    def eos_ids(self) -> set[int]:
+        """The tokens that end a generation (read each time: a user may change the generation config)."""
+        eos = self.large.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return set() if eos is None else set(eos) if isinstance(eos, list) else {eos}
+
+    @property
     def encoder_decoder(self) -> bool:
         return bool(self.large.config.is_encoder_decoder)
+
+    @staticmethod
+    def context_length(model: PreTrainedModel) -> int | None:
+        """How many positions the model can attend over, when its config says."""
+        config = model.config.get_text_config(decoder=True)
+        for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
 
     @classmethod
     def from_pretrained(

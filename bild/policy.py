@@ -1,38 +1,102 @@
-"""The `Policy` interface: every decision BiLD makes, and nothing else.
+"""The `Policy` interface: every decision BiLD makes, its optional hooks, and the views it reads.
 
 The engine (bild/engine.py) knows nothing about thresholds. At each step it shows the policy
 what the small model predicts (`DraftStep`) and asks `fallback`: hand control to the large
-model? When the large model has run over the pending draft tokens, it shows the policy both
-models' predictions (`Verification`) and asks `rollback`: how many draft tokens survive?
+model? When the large model has run over the pending drafts, it shows both models' predictions
+(`Verification`) and asks `rollback`: how many drafts survive?
 
-A policy is a pydantic model: its parameters are fields, validated on construction, with
-bounds (`Field(ge=..., le=...)`) that document the sensible range and from which tuners derive
-search spaces. Policies are immutable; everything a decision needs is in the view it gets.
+Parameters are immutable pydantic fields, validated on construction, with bounds
+(`Field(ge=..., le=...)`) that document the sensible range and from which tuners derive search
+spaces. State is explicit: `new_state()` creates the object a policy keeps between decisions
+(None by default). The engine creates one per generation unless the caller passes one (a bench
+or tune passes one per method and run, so a policy that learns across prompts keeps what it
+learned; a fresh `new_state()` is the reset). The state reaches the optional hooks, no-ops by
+default, in the spirit of Optuna's `before_trial`/`after_trial`:
 
-The views compute derived quantities (probabilities, argmax) lazily and at most once, so a
-policy that does not look at something costs nothing for it.
+    before_generation(state, prompt_ids)            a generation starts: reset per-prompt parts
+    after_verification(state, verification, outcome) a verification finished, with its outcome
+
+and every view carries it as `.state`, beside `.history` (what happened earlier in this
+generation). Views compute derived quantities lazily and at most once; the per-row summary
+(argmax, max probability, entropy, the drafts' NLL) comes with the pass, computed on the device
+and copied to the host once, so reading it costs nothing more.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from bild.forward import Pass
 from bild.sampling import Sampler
+
+StopReason = Literal["fallback", "cap", "eos", "length"]
+
+
+class Outcome(NamedTuple):
+    """How one verification ended: `kept` of `drafted` drafts survived; why drafting stopped."""
+
+    drafted: int
+    kept: int
+    reason: StopReason
+
+
+@dataclass
+class History:
+    """What happened earlier in this generation (the engine updates it after each verification)."""
+
+    tokens: list[int]  # the decoder sequence so far (prompt, or decoder start, then new tokens)
+    begin: int  # tokens[begin:] are new
+    drafted: int = 0  # drafts verified so far
+    accepted: int = 0  # of those, kept
+    last: Outcome | None = None  # the previous verification's outcome
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def acceptance(self) -> float | None:
+        """This generation's running acceptance rate of drafts (None before the first draft)."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    def record(self, outcome: Outcome) -> None:
+        self.drafted += outcome.drafted
+        self.accepted += outcome.kept
+        self.last = outcome
+        self.outcomes.append(outcome)
 
 
 class DraftStep:
     """What the small model predicts for the next token."""
 
-    def __init__(self, logits: torch.Tensor, pending: int, position: int, sampler: Sampler) -> None:
-        self.logits = logits  # [V] small model's next-token logits
+    def __init__(self, out: Pass, pending: int, position: int, sampler: Sampler, history: History,
+                 state: Any) -> None:
+        self.out = out  # the pass; row 0 predicts the next token
         self.pending = pending  # draft tokens since the large model last ran
         self.position = position  # new tokens so far, pending drafts included
         self.sampler = sampler
+        self.history = history
+        self.state = state
+
+    @property
+    def logits(self) -> torch.Tensor:  # [V]
+        return self.out.logits[-1]
+
+    @property
+    def max_prob(self) -> float:
+        return self.out.max_prob[-1]
+
+    @property
+    def entropy(self) -> float:
+        """Entropy (nats) of the small model's distribution."""
+        return self.out.entropy[-1]
+
+    @property
+    def argmax(self) -> int:
+        return self.out.argmax[-1]
 
     @cached_property
     def probs(self) -> torch.Tensor:  # [V]
@@ -40,13 +104,9 @@ class DraftStep:
         return torch.softmax(self.logits.float(), dim=-1)
 
     @cached_property
-    def max_prob(self) -> float:
-        return float(self.probs.max())
-
-    @cached_property
-    def entropy(self) -> float:
-        """Entropy of `probs` in nats."""
-        return float(-(self.probs * torch.log(self.probs.clamp_min(1e-30))).sum())
+    def hidden(self) -> torch.Tensor:  # [H]
+        """The small model's final hidden state at this position (read it during `fallback`)."""
+        return self.out.hidden()
 
     @cached_property
     def sampling_probs(self) -> torch.Tensor | None:  # [V]
@@ -56,7 +116,7 @@ class DraftStep:
     @cached_property
     def token(self) -> int:
         """The draft the engine keeps unless the policy falls back: greedy, or drawn once."""
-        return self.sampler.pick(self.logits, self.sampling_probs)
+        return self.argmax if self.sampler.greedy else self.sampler.pick(self.logits, self.sampling_probs)
 
 
 class Verdict(NamedTuple):
@@ -68,14 +128,17 @@ class Verdict(NamedTuple):
 
 
 class Verification:
-    """The pending draft tokens and the large model's predictions at each of their positions."""
+    """The pending drafts and the large model's predictions at each of their positions."""
 
-    def __init__(self, steps: list[DraftStep], large_logits: torch.Tensor, position: int, sampler: Sampler) -> None:
+    def __init__(self, steps: list[DraftStep], out: Pass, position: int, sampler: Sampler, history: History,
+                 state: Any) -> None:
         self.steps = steps  # the n draft steps, in order
         self.draft_tokens = [s.token for s in steps]  # [n] tokens the small model drafted
-        self.large_logits = large_logits  # [n + 1, V]; row i predicts draft i, row n the next token
+        self.out = out  # rows 0..n of the large model's pass: row i predicts draft i, row n the next token
         self.position = position  # new tokens before the first draft
         self.sampler = sampler
+        self.history = history
+        self.state = state
 
     @property
     def n(self) -> int:
@@ -84,6 +147,20 @@ class Verification:
     @property
     def greedy(self) -> bool:
         return self.sampler.greedy
+
+    @property
+    def large_logits(self) -> torch.Tensor:  # [n + 1, V]
+        return self.out.logits
+
+    @property
+    def large_tokens(self) -> list[int]:
+        """The large model's greedy token at each of the n + 1 positions."""
+        return self.out.argmax
+
+    @property
+    def draft_nll(self) -> list[float]:
+        """−log p_large(draft i) for each draft: the paper's rollback distance. [n]"""
+        return self.out.next_nll[: self.n]
 
     @cached_property
     def draft_logits(self) -> torch.Tensor:  # [n, V]
@@ -104,11 +181,6 @@ class Verification:
         return torch.tensor(self.draft_tokens, device=self.large_logits.device)
 
     @cached_property
-    def large_tokens(self) -> list[int]:
-        """The large model's greedy token at each of the n + 1 positions."""
-        return self.large_logits.argmax(dim=-1).tolist()
-
-    @cached_property
     def first_mismatch(self) -> int:
         """Index of the first draft the large model would not have chosen itself (n if none)."""
         for i, (d, g) in enumerate(zip(self.draft_tokens, self.large_tokens, strict=False)):
@@ -116,18 +188,12 @@ class Verification:
                 return i
         return self.n
 
-    @cached_property
-    def draft_nll(self) -> torch.Tensor:  # [n]
-        """−log p_large(draft token) at each draft position: the paper's rollback distance."""
-        logp = torch.log_softmax(self.large_logits[: self.n].float(), dim=-1)
-        return -logp.gather(-1, self.draft_ids[:, None]).squeeze(-1)
-
 
 class Policy(BaseModel, ABC):
     """Base class of every policy: subclass it, declare parameters as fields, implement both rules.
 
-    Optional hook: override `describe` to document the policy in `bild policies`
-    (the class docstring is used by default).
+    Optional: `new_state` and the hooks `before_generation` / `after_verification` for a policy
+    that keeps state; `describe` for its line in `bild policies` (default: the class docstring).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -146,6 +212,16 @@ class Policy(BaseModel, ABC):
         (greedy: its argmax; sampling: a draw from its distribution). Return a `Verdict` to
         draw that token from another distribution instead (speculative sampling's residual).
         """
+
+    def new_state(self) -> Any:
+        """The mutable state this policy keeps between decisions (None: stateless)."""
+        return None
+
+    def before_generation(self, state: Any, prompt_ids: list[int]) -> None:
+        """A generation starts (reset per-prompt parts of `state` here)."""
+
+    def after_verification(self, state: Any, verification: Verification, outcome: Outcome) -> None:
+        """A verification finished: `outcome.kept` of `outcome.drafted` drafts survived."""
 
     @classmethod
     def describe(cls) -> str:

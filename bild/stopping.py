@@ -43,6 +43,10 @@ class Stopper:
         return None
 
     def trim_text(self, text: str) -> str:
-        """Cut decoded text at the end of the first stop string it contains."""
-        ends = [text.find(s) + len(s) for s in self.stop_strings if s in text]
-        return text[: min(ends)] if ends else text
+        return trim_text(text, self.stop_strings)
+
+
+def trim_text(text: str, stop_strings: list[str]) -> str:
+    """Cut decoded text at the end of the first stop string it contains."""
+    ends = [text.find(s) + len(s) for s in stop_strings if s in text]
+    return text[: min(ends)] if ends else text

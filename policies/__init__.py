@@ -1,17 +1,19 @@
-"""Policy implementations and their registry.
+"""The built-in policies (`bild`, `exact`, `entropy`, `topk-margin`, `learned`, `adaptive`).
 
-Importing this package registers the built-in policies (`bild`, `exact`, `entropy`,
-`topk-margin`, `learned`); third-party ones come from the `bild.policies` entry-point group on
-demand.
+Importing this package registers them; the core finds them without importing it, through the
+`bild.policies` entry points declared in pyproject.toml, like any third-party policy. The
+registry's functions are re-exported here for convenience (they live in bild/registry.py).
 """
 
-from policies import bild, exact, learned, uncertainty  # noqa: F401  (registers the built-ins)
-from policies.registry import (
+from bild.registry import (
     ENTRY_POINT_GROUP,
     list_policies,
     make_policy,
     policy_class,
     register_policy,
+    unregister_policy,
 )
+from policies import bild, exact, learned, uncertainty  # noqa: F401  (registers the built-ins)
 
-__all__ = ["ENTRY_POINT_GROUP", "list_policies", "make_policy", "policy_class", "register_policy"]
+__all__ = ["ENTRY_POINT_GROUP", "list_policies", "make_policy", "policy_class", "register_policy",
+           "unregister_policy"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from bild.policy import DraftStep
-from policies.registry import register_policy
+from bild.registry import register_policy
 from policies.rules import RulePolicy, low_confidence
 
 

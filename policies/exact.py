@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from bild.policy import DraftStep, Policy, Verification
-from policies.registry import register_policy
+from bild.registry import register_policy
 from policies.rules import low_confidence
 
 

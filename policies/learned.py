@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from bild.errors import BildError
 from bild.policy import DraftStep
-from policies.registry import register_policy
+from bild.registry import register_policy
 from policies.rules import RulePolicy, top_margin
 
 FORMAT = "bild-learned-policy/1"

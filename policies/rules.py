@@ -26,11 +26,12 @@ from bild.policy import DraftStep, Policy, Verdict, Verification
 
 
 def nll_rollback(verification: Verification, threshold: float) -> int:
-    if verification.first_mismatch == verification.n:  # the large model agrees everywhere
-        return verification.n
-    large = verification.large_logits.new_tensor(verification.large_tokens[: verification.n])
-    bad = (verification.draft_nll > threshold) & (large != verification.draft_ids)
-    return int(bad.int().argmax()) if bool(bad.any()) else verification.n
+    """The first draft whose NLL under the large model exceeds `threshold` and that is not its argmax."""
+    for i, (nll, draft, large) in enumerate(zip(verification.draft_nll, verification.draft_tokens,
+                                                verification.large_tokens, strict=False)):
+        if nll > threshold and draft != large:
+            return i
+    return verification.n
 
 
 def rejection_rollback(verification: Verification) -> int | Verdict:
@@ -53,9 +54,11 @@ class RulePolicy(Policy):
     """A fallback rule (the subclass) plus a rollback rule chosen by `rollback_rule`."""
 
     rollback_rule: Literal["nll", "exact", "rejection"] = Field(
-        "nll", description="nll: the paper's threshold; exact: first disagreement; rejection: speculative sampling")
+        "nll", description="nll: the paper's threshold; exact: first disagreement; rejection: speculative sampling",
+        json_schema_extra={"sampling_only": ["rejection"]})  # under greedy decoding rejection is exact
     rollback_threshold: float = Field(5.0, ge=0.0, le=30.0, description=(
-        "nll rule: roll back at the first draft with −log p_large(draft) above this (0: any disagreement)"))
+        "nll rule: roll back at the first draft with −log p_large(draft) above this (0: any disagreement)"),
+        json_schema_extra={"applies_when": {"rollback_rule": ["nll"]}})
 
     def rollback(self, verification: Verification) -> int | Verdict:
         if self.rollback_rule == "nll":

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from bild import BildError, GenerationConfig
-from bild.bench import format_table, parse_methods, plot, run_bench
-from bild.tasks import Example, load_examples, load_jsonl
+from bild.lab.bench import format_table, plot, run_bench
+from bild.lab.measure import Method, parse_methods
+from bild.lab.tasks import Example, load_examples, load_jsonl
 
 from conftest import PROMPTS, NeverFallback
 
@@ -25,7 +26,7 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
     methods = parse_methods("large,large-hf,small,hf-assisted,exact,bild@fallback_threshold=0.5", {})
     out = tmp_path / "bench.json"
     report, _ = run_bench(load_pair(family), examples, methods, CFG, out=str(out), progress=False,
-                          run_config={"pair": family})
+                          setup={"pair": family})
     rows = report["methods"]
     for exact in ("large-hf", "hf-assisted", "exact"):  # all three are the large model's greedy output
         assert rows[exact]["exact_match_with_large"] == 1.0, exact
@@ -35,7 +36,7 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
     assert rows["large-hf"]["stats"] is None and rows["large"]["chrf"] is not None
     on_disk = json.loads(out.read_text())
     assert on_disk["complete"] and on_disk["prompts_done"] == 4 and set(on_disk["methods"]) == set(rows)
-    assert {"machine", "config", "methods", "memory"} <= set(on_disk)
+    assert {"machine", "setup", "methods", "memory"} <= set(on_disk)
     samples = (tmp_path / "bench.samples.jsonl").read_text().splitlines()
     assert len(samples) == 4 * len(methods)
     table = format_table(report)
@@ -51,8 +52,6 @@ def test_params_apply_to_policies_that_have_them():
 
 
 def test_interrupted_bench_keeps_what_it_measured(load_pair, examples, tmp_path):
-    from bild.bench import Method
-
     generations = []
 
     class InterruptOnSecondPrompt(NeverFallback):
@@ -98,12 +97,27 @@ def test_bad_input(tmp_path, load_pair, examples):
         parse_methods("larg,exact", {})
     with pytest.raises(BildError, match="no listed policy has such a parameter"):
         parse_methods("large,exact", {"rollback_threshold": "2"})
-    with pytest.raises(BildError, match="cannot write results"):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(BildError, match="cannot create the folder"):
         run_bench(load_pair("llama"), examples, parse_methods("large", {}), CFG,
-                  out=str(tmp_path / "no" / "such" / "dir.json"), progress=False)
+                  out=str(blocker / "dir" / "out.json"), progress=False)
 
 
 def test_pycode_task_is_deterministic_and_offline():
     first, again = load_examples(task="pycode", n=5), load_examples(task="pycode", n=5)
     assert [e.model_dump() for e in first] == [e.model_dump() for e in again]
     assert len(first) == 5 and all(e.reference and e.prompt for e in first)
+
+
+def test_pycode_examples_name_the_file_their_text_comes_from(tmp_path, monkeypatch):
+    """An unreadable file is skipped without shifting the names of the files after it."""
+    import bild.lab.tasks as tasks
+
+    bad, good = tmp_path / "a_bad.py", tmp_path / "b_good.py"
+    bad.write_bytes(b"\xff\xfe" + b"x = 1\n" * 500)
+    good.write_text("GOOD = 1\n" * 400)
+    monkeypatch.setattr(tasks, "stdlib_files", lambda held_out: [bad, good])
+    (example,) = tasks.pycode_examples(5)
+    assert example.id.startswith("b_good.py@") and example.meta["source"] == "b_good.py"
+    assert example.prompt in good.read_text()

@@ -46,10 +46,10 @@ def test_policies_lists_parameters_with_bounds():
     run = bild("policies", "--json")
     rows = {r["name"]: r for r in json.loads(run.stdout)}
     params = {p["name"]: p for p in rows["bild"]["params"]}
-    assert params["fallback_threshold"]["min"] == 0.0 and params["fallback_threshold"]["max"] == 1.0
+    assert params["fallback_threshold"]["low"] == 0.0 and params["fallback_threshold"]["high"] == 1.0
     listing = bild("policies").stdout
     assert "range [0.0, 30.0]" in listing and "one of nll|exact|rejection" in listing
-    assert "path (string, default required)" in listing
+    assert "path (str, default required)" in listing
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -88,14 +88,14 @@ def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_pat
 
     config = tmp_path / "tune.yaml"
     config.write_text(f"command: tune\nsmall: {dirs[0]}\nlarge: {dirs[1]}\nprompts: {prompts_file}\n"
-                      f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\nmax_new_tokens: 6\n"
+                      f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\ngeneration:\n  max_new_tokens: 6\n"
                       f"wandb_mode: disabled\nout_dir: {tmp_path}\nmetric: agreement\nspace:\n"
                       "  fallback_threshold: '0.1:0.9'\n")
     run = bild("run", str(config))
     assert run.returncode == 0, run.stderr
     assert "2 finished trials" in run.stdout
     front = json.loads((tmp_path / "bild-exact-p-front.json").read_text())
-    assert front["settings"]["space"] == {"fallback_threshold": "0.1:0.9"}
+    assert front["options"]["space"] == {"fallback_threshold": "0.1:0.9"}
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -104,7 +104,7 @@ def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_pat
     (["tune", "--policy", "bild", "--objectives", "speed"], "use speedup,quality"),
     (["tune", "--policy", "bild", "--max-quality-drop", "1"], "use --objectives speedup"),
     (["bench", "--methods", "large,bogus"], "unknown method 'bogus'"),
-    (["bench", "--json", "/nonexistent/dir/out.json"], "cannot write results"),
+    (["bench", "--json", "/dev/null/out.json"], "cannot create the folder"),
 ])
 def test_bench_and_tune_errors_are_one_line(dirs, prompts_file, tmp_path, args, message):
     run = bild(*args, "--small", dirs[0], "--large", dirs[1], "--prompts", prompts_file, "--wandb-mode", "disabled",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from bild import GenerationConfig, generate, generate_single
-from bild.tasks import Example
-from bild.tune import TuneSettings, run_tune
-from bild.wandb_log import WandbLogger
-from policies import list_policies, make_policy, policy_class
-from policies.registry import _REGISTRY
+from bild.lab.options import TuneOptions
+from bild.lab.tasks import Example
+from bild.lab.tune import run_tune
+from bild.lab.wandb_log import WandbLogger
+from policies import list_policies, make_policy, policy_class, unregister_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "bild-example-policy"
@@ -36,7 +36,7 @@ def installed(tmp_path_factory):
     sys.path.insert(0, str(target))
     yield
     sys.path.remove(str(target))
-    _REGISTRY.pop("top2-gap", None)
+    unregister_policy("top2-gap")
     sys.modules.pop("bild_example_policy", None)
 
 
@@ -48,9 +48,9 @@ def test_the_installed_package_registers_runs_and_tunes(installed, load_pair, tm
     strict = make_policy("top2-gap", {"min_ratio": 2.0, "max_rank": 1})  # max_rank 1: greedy speculative
     assert generate(pair, "def add(", strict, cfg).token_ids == generate_single(pair, "def add(", "large",
                                                                                  cfg).token_ids
-    report = run_tune(TuneSettings(policy="top2-gap", trials=2, study="guide", storage=f"sqlite:///{tmp_path}/t.db",
-                                   metric="agreement", seed=0),
-                      pair, [Example(id="0", prompt="def add("), Example(id="1", prompt="for i in")], cfg, {},
-                      WandbLogger("disabled"), out_dir=tmp_path)
+    options = TuneOptions(policy="top2-gap", trials=2, study="guide", storage=f"sqlite:///{tmp_path}/t.db",
+                          metric="agreement", sampler_seed=0, generation=cfg, out_dir=str(tmp_path), confirm=0)
+    report = run_tune(options, pair, [Example(id="0", prompt="def add("), Example(id="1", prompt="for i in")],
+                      WandbLogger("disabled"), setup={})
     assert report["finished_trials"] == 2
     assert {"min_ratio", "max_rank"} <= set(report["front"][0])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bild import BildError, GenerationConfig, ModelPair, generate, generate_single
-from bild.corpus import stdlib_files
-from bild.localpair import PRESETS, ModelShape, Preset, build_local_pair
+from bild.lab.corpus import stdlib_files
+from bild.lab.localpair import PRESETS, ModelShape, Preset, build_local_pair
 from policies import make_policy
 
 

@@ -11,8 +11,7 @@ from pydantic import Field
 
 from bild import BildError, Policy
 from bild.policy import DraftStep, Verification
-from policies import list_policies, make_policy, policy_class, register_policy
-from policies.registry import _REGISTRY, ENTRY_POINT_GROUP
+from policies import ENTRY_POINT_GROUP, list_policies, make_policy, policy_class, register_policy, unregister_policy
 
 
 def test_builtins_are_registered_with_bounded_parameters():
@@ -63,7 +62,7 @@ def test_decorator_registers_a_custom_policy_and_rejects_name_clashes():
         with pytest.raises(TypeError):
             register_policy("not-a-policy")(dict)
     finally:
-        _REGISTRY.pop("test-greedy-large")
+        unregister_policy("test-greedy-large")
 
 
 def test_policy_must_implement_both_rules():
@@ -98,14 +97,14 @@ def third_party_package(tmp_path, monkeypatch):
         f"[{ENTRY_POINT_GROUP}]\nstubborn = thirdparty_policies:Stubborn\nbroken = no_such_module:X\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
-    _REGISTRY.pop("stubborn", None)
+    unregister_policy("stubborn")
     sys.modules.pop("thirdparty_policies", None)
 
 
 def test_entry_point_policy_is_found_lazily(third_party_package, load_pair):
     from bild import GenerationConfig, generate
 
-    assert "stubborn" not in _REGISTRY  # nothing is imported before it is asked for
+    assert "thirdparty_policies" not in sys.modules  # nothing is imported before it is asked for
     policy = make_policy("stubborn", {"keep": 1})
     result = generate(load_pair("llama"), "def add(", policy, GenerationConfig(max_new_tokens=8))
     assert result.stats.accepted_draft_tokens <= result.stats.large_calls

@@ -62,9 +62,17 @@ def test_rules_compose_and_nll_at_zero_is_exact(load_pair):
     pair = load_pair("llama", 1)
     for prompt, fb in itertools.product(PROMPTS[:3], [0.2, 0.5]):
         large = generate_single(pair, prompt, "large", CFG).token_ids
-        policy = make_policy("entropy", {"entropy_threshold": fb * 4, "rollback_threshold": 0.0})
-        assert generate(pair, prompt, policy, CFG).token_ids == large
-        assert make_policy("topk-margin", {"margin": fb, "k": 3}).k == 3
+        for policy in (make_policy("entropy", {"entropy_threshold": fb * 4, "rollback_threshold": 0.0}),
+                       make_policy("topk-margin", {"margin": fb, "k": 3, "rollback_threshold": 0.0})):
+            assert generate(pair, prompt, policy, CFG).token_ids == large
+
+
+def test_topk_margin_falls_back_more_as_k_grows(load_pair):
+    """Top-1 minus the sum of more runners-up is smaller: the same margin is missed more often."""
+    pair = load_pair("llama", 1)
+    fallbacks = {k: sum(generate(pair, p, make_policy("topk-margin", {"margin": 0.3, "k": k}), CFG).stats.fallbacks
+                        for p in PROMPTS) for k in (1, 3, 8)}
+    assert fallbacks[1] <= fallbacks[3] <= fallbacks[8] and fallbacks[1] < fallbacks[8]
 
 
 def test_learned_policy_file_errors(tmp_path, classifier, load_pair):

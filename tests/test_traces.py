@@ -7,8 +7,8 @@ import json
 import pytest
 
 from bild import BildError, GenerationConfig, generate
-from bild.tasks import Example
-from bild.traces import collect_traces, roc_auc, train_classifier
+from bild.lab.tasks import Example
+from bild.lab.traces import collect_traces, roc_auc, train_classifier
 from policies import make_policy
 
 from conftest import PROMPTS

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from bild import GenerationConfig
-from bild.experiment import execute_bench
-from bild.options import BenchOptions
-from bild.tasks import Example
-from bild.tune import TuneSettings, run_tune
-from bild.wandb_log import WandbLogger
+from bild.lab.experiment import execute_bench
+from bild.lab.options import BenchOptions, TuneOptions
+from bild.lab.tasks import Example
+from bild.lab.tune import run_tune
+from bild.lab.wandb_log import WandbLogger
 
 
 def runs(root):
@@ -27,7 +27,7 @@ def test_bench_logs_one_offline_run(pair_dirs, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def add(", "reference": "a + b"}\n{"prompt": "for i in"}\n')
     execute_bench(BenchOptions(small=str(small), large=str(large), prompts=str(prompts), methods="large,exact",
-                               max_new_tokens=8, wandb_mode="offline", wandb_dir=str(tmp_path / "wb")))
+                               generation=GenerationConfig(max_new_tokens=8), wandb_mode="offline", wandb_dir=str(tmp_path / "wb")))
     (run,) = runs(tmp_path / "wb")
     record = (run / next(p.name for p in run.iterdir() if p.suffix == ".wandb")).read_bytes()
     for key in (b"methods", b"max_new_tokens", b"torch", b"tokens_per_s", b"speedup_vs_large"):
@@ -39,11 +39,11 @@ def test_bench_logs_one_offline_run(pair_dirs, tmp_path):
 
 def test_tune_logs_a_run_per_trial_and_a_summary(load_pair, tmp_path):
     examples = [Example(id="0", prompt="def add(", reference="a + b"), Example(id="1", prompt="import os\n")]
-    settings = TuneSettings(policy="bild", trials=2, study="wb", storage=f"sqlite:///{tmp_path}/t.db", seed=0,
-                            metric="agreement")
+    options = TuneOptions(policy="bild", trials=2, study="wb", storage=f"sqlite:///{tmp_path}/t.db", sampler_seed=0,
+                          metric="agreement", generation=GenerationConfig(max_new_tokens=8), out_dir=str(tmp_path),
+                          confirm=0)
     logger = WandbLogger("offline", "bild-test", group="wb", directory=tmp_path / "wb")
-    run_tune(settings, load_pair("llama", 1), examples, GenerationConfig(max_new_tokens=8), {}, logger,
-             out_dir=tmp_path)
+    run_tune(options, load_pair("llama", 1), examples, logger, setup={})
     found = runs(tmp_path / "wb")
     assert len(found) == 3
     assert sum("pareto" in tables(r) for r in found) == 1

@@ -20,7 +20,11 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -46,7 +50,7 @@ def build_tokenizer(vocab_size: int = 258) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
 
 
-FAMILIES = ("llama", "gpt2", "t5", "bart")
+FAMILIES = ("llama", "qwen2", "gpt2", "t5", "bart")  # qwen2: grouped-query attention
 
 
 def _config(family: str, vocab: int, layers: int):
@@ -55,6 +59,15 @@ def _config(family: str, vocab: int, layers: int):
         return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
                            initializer_range=0.3, bos_token_id=EOS, **common)
+    if family == "qwen2":  # its tokenizer class adds <|endoftext|>; a padded output layer covers it
+        common["vocab_size"] = vocab + 8
+        return Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3,
+                           use_sliding_window=False, bos_token_id=EOS, **common)
+    if family == "mistral-sliding":  # sliding-window attention: what a static cache cannot serve
+        return MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                             num_key_value_heads=1, max_position_embeddings=128, sliding_window=8,
+                             initializer_range=0.3, bos_token_id=EOS, **common)
     if family == "gpt2":
         return GPT2Config(n_embd=32, n_layer=layers, n_head=2, n_positions=128,
                           initializer_range=0.3, bos_token_id=EOS, **common)
@@ -70,7 +83,8 @@ def _config(family: str, vocab: int, layers: int):
     raise ValueError(family)
 
 
-MODEL_CLASSES = {"llama": LlamaForCausalLM, "gpt2": GPT2LMHeadModel,
+MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral-sliding": MistralForCausalLM,
+                 "gpt2": GPT2LMHeadModel,
                  "t5": T5ForConditionalGeneration, "bart": BartForConditionalGeneration}
 
 

@@ -36,15 +36,15 @@ def stdlib_files(held_out: bool) -> list[Path]:
     return files
 
 
-def read_texts(files: list[Path], max_chars: int | None = None) -> Iterator[str]:
-    """File contents (undecodable files skipped), stopping once `max_chars` were yielded."""
+def read_texts(files: list[Path], max_chars: int | None = None) -> Iterator[tuple[Path, str]]:
+    """Each readable file with its contents (undecodable ones skipped), until `max_chars` were yielded."""
     total = 0
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        yield text
+        yield path, text
         total += len(text)
         if max_chars is not None and total >= max_chars:
             return

@@ -1,14 +1,12 @@
 """Named model pairs: `--pair NAME` instead of `--small S --large L`.
 
 Hub pairs need network on first use (then the Hugging Face cache). `local` and `local-gpu` are
-built here, offline, from the Python standard library (bild/localpair.py) on first use.
+built here, offline, from the Python standard library (bild/lab/localpair.py) on first use.
 """
 
 from __future__ import annotations
 
-import difflib
-
-from bild.errors import BildError
+from bild.errors import BildError, unknown_name
 
 HUB_PAIRS: dict[str, tuple[str, str]] = {
     "t5": ("google-t5/t5-small", "google-t5/t5-large"),
@@ -30,12 +28,10 @@ def resolve_pair(pair: str | None, small: str | None, large: str | None) -> tupl
     if small or large:
         raise BildError("give either --pair or --small/--large, not both")
     if pair in LOCAL_PAIRS:
-        from bild.localpair import build_local_pair
+        from bild.lab.localpair import build_local_pair
 
         root = build_local_pair(LOCAL_PAIRS[pair])
         return str(root / "small"), str(root / "large")
     if pair in HUB_PAIRS:
         return HUB_PAIRS[pair]
-    close = difflib.get_close_matches(pair, PAIRS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise BildError(f"unknown pair {pair!r}: {hint}known pairs: {', '.join(PAIRS)}")
+    raise unknown_name("pair", pair, PAIRS)

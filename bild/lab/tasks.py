@@ -5,7 +5,7 @@ A prompt set is a list of `Example`s: an id, the prompt text and an optional ref
 - JSONL: one object per line with `prompt` (required), `reference` and `id` (optional); other
   fields (`source`, ...) are kept as metadata. Errors name the line.
 - `pycode`: code completion cut deterministically from held-out files of the local Python
-  standard library (see bild/corpus.py): a prompt of `PYCODE_PROMPT_CHARS` characters, the
+  standard library (see bild/lab/corpus.py): a prompt of `PYCODE_PROMPT_CHARS` characters, the
   true next `PYCODE_REFERENCE_CHARS` as the reference. Needs no network.
 - Hugging Face `datasets` tasks (optional extra `bild[datasets]`, network on first use): the
   paper's IWSLT 2017 and WMT 2014 De-En, CNN/DailyMail and XSum, plus WikiText-2, in the prompt
@@ -21,8 +21,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bild.corpus import read_texts, stdlib_files
-from bild.errors import BildError
+from bild.errors import BildError, unknown_name
+from bild.lab.corpus import read_texts, stdlib_files
 
 PYCODE_PROMPT_CHARS = 480
 PYCODE_REFERENCE_CHARS = 240
@@ -40,23 +40,38 @@ class Example(BaseModel):
 
 def load_jsonl(path: str | Path) -> list[Example]:
     path = Path(path)
+    if path.is_dir():
+        raise BildError(f"prompt file {str(path)!r} is a folder: give a JSONL file")
     if not path.is_file():
         raise BildError(f"prompt file {str(path)!r} does not exist")
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BildError(f"{path}:{number}: not valid JSON ({e.msg}); each line must be one JSON object") from e
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-            raise BildError(f"{path}:{number}: each line needs a non-empty string field 'prompt'")
-        reference = row.get("reference")
-        if reference is not None and not isinstance(reference, str):
-            raise BildError(f"{path}:{number}: 'reference' must be a string")
-        meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "reference")}
-        examples.append(Example(id=str(row.get("id", number)), prompt=row["prompt"], reference=reference, meta=meta))
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BildError(f"{path}:{number}: not UTF-8 text (byte {e.start}); a prompt file is JSON lines "
+                                "in UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise BildError(f"{path}:{number}: not valid JSON ({e.msg}); each line must be one JSON object") from e
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+                raise BildError(f"{path}:{number}: each line needs a non-empty string field 'prompt'")
+            reference = row.get("reference")
+            if reference is not None and not isinstance(reference, str):
+                raise BildError(f"{path}:{number}: 'reference' must be a string")
+            for field in ("prompt", "reference"):
+                try:
+                    (row.get(field) or "").encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BildError(f"{path}:{number}: '{field}' holds a lone surrogate (an escape like \\ud800 "
+                                    "that is not a character): fix the text") from None
+            meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "reference")}
+            examples.append(Example(id=str(row.get("id", number)), prompt=row["prompt"], reference=reference,
+                                    meta=meta))
     if not examples:
         raise BildError(f"prompt file {str(path)!r} holds no prompts")
     return examples
@@ -69,7 +84,7 @@ def pycode_examples(n: int) -> list[Example]:
     """`n` completion prompts from held-out stdlib files, one per file, at a hash-chosen offset."""
     examples = []
     size = PYCODE_PROMPT_CHARS + PYCODE_REFERENCE_CHARS
-    for path, text in zip(stdlib_files(held_out=True), read_texts(stdlib_files(held_out=True)), strict=False):
+    for path, text in read_texts(stdlib_files(held_out=True)):
         if len(text) < 2 * size:
             continue
         digest = int(hashlib.sha256(path.name.encode()).hexdigest(), 16)
@@ -149,20 +164,24 @@ def hub_examples(task: str, n: int) -> list[Example]:
 TASKS = ["pycode", *HUB_TASKS]
 
 
-def load_examples(prompts: str | None = None, task: str | None = None, n: int | None = None) -> list[Example]:
-    """The first `n` examples of a JSONL file or a named task."""
+def load_examples(prompts: str | None = None, task: str | None = None, n: int | None = None,
+                  offset: int = 0) -> list[Example]:
+    """Examples `offset` to `offset + n` of a JSONL file or a named task."""
     if (prompts is None) == (task is None):
         raise BildError("give exactly one of --prompts FILE.jsonl or --task NAME")
     if n is not None and n < 1:
         raise BildError(f"--n must be at least 1, got {n}")
+    if offset < 0:
+        raise BildError(f"--offset must be at least 0, got {offset}")
     if prompts is not None:
-        return load_jsonl(prompts)[:n]
-    if task == "pycode":
-        return pycode_examples(n or 32)
-    if task in HUB_TASKS:
-        return hub_examples(task, n or 32)
-    import difflib
-
-    close = difflib.get_close_matches(task, TASKS, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise BildError(f"unknown task {task!r}: {hint}known tasks: {', '.join(TASKS)}")
+        examples = load_jsonl(prompts)
+    elif task == "pycode":
+        examples = pycode_examples(offset + (n or 32))
+    elif task in HUB_TASKS:
+        examples = hub_examples(task, offset + (n or 32))
+    else:
+        raise unknown_name("task", task, TASKS)
+    if offset >= len(examples):
+        raise BildError(f"--offset {offset} is beyond the {len(examples)} prompts of "
+                        f"{prompts or task}: use an offset below {len(examples)}")
+    return examples[offset: offset + n if n else None]

@@ -4,17 +4,28 @@ wandb is imported lazily, only when a run is logged. `offline` (the default) nee
 and no network: runs land in `<dir>/wandb/` and can be uploaded later with `wandb sync`;
 `disabled` logs nothing; `online` needs `wandb login`. A W&B failure warns and never stops a
 bench or a study.
+
+Each run's config is the resolved setup (bild/lab/experiment.py: identity and context), its
+summary the results; tables hold one row per method (bench) or per trial, and the samples.
+Next to the offline run's files a person can read `bild-run.json` (name, group, config,
+summary) without syncing anything.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-WandbMode = Literal["offline", "online", "disabled"]
+from bild.lab.options import WandbMode
+
 SAMPLE_COLUMNS = ("id", "method", "prompt", "text", "reference")
+METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "speedup_vs_large_hf", "chrf",
+                  "bleu", "rouge_l", "agreement_with_large", "exact_match_with_large")
+STAT_COLUMNS = ("fallback_rate", "rollback_rate", "acceptance_rate", "large_calls_per_token",
+                "mean_accepted_draft_length", "overhead_ms_per_token")
 
 
 class WandbLogger:
@@ -32,7 +43,7 @@ class WandbLogger:
     def log_run(self, name: str, config: dict[str, Any], summary: dict[str, Any],
                 samples: Sequence[dict[str, Any]] = (), tables: dict[str, tuple[list[str], list[list]]] | None = None,
                 job_type: str = "bench") -> None:
-        """One W&B run: `config`, a flat `summary`, a `samples` table and any extra tables."""
+        """One W&B run: `config`, `summary` (flattened for charts), a `samples` table and any extra tables."""
         if not self.enabled:
             return
         try:
@@ -53,11 +64,26 @@ class WandbLogger:
                     logged[key] = wandb.Table(columns=columns, data=rows)
                 if logged:
                     run.log(logged)
+                readable = {"name": name, "group": self.group, "job_type": job_type, "project": self.project,
+                            "config": config, "summary": summary}
+                (Path(run.dir) / "bild-run.json").write_text(json.dumps(readable, indent=2, default=str) + "\n")
             finally:
                 run.finish()
         except Exception as e:  # logging must never take a measurement down
             warnings.warn(f"W&B logging failed ({type(e).__name__}: {e}); results are still written locally",
                           stacklevel=2)
+
+    def log_bench(self, name: str, config: dict[str, Any], report: dict[str, Any], examples: list[Any],
+                  results: dict[str, list[Any]]) -> None:
+        """A bench: a row per method (speed, quality, engine statistics) and the samples of every method."""
+        rows = [[method, *(r.get(c) for c in METHOD_COLUMNS), *((r["stats"] or {}).get(c) for c in STAT_COLUMNS)]
+                for method, r in report["methods"].items()]
+        samples = [{"id": e.id, "method": method, "prompt": e.prompt, "text": m.text, "reference": e.reference}
+                   for method, done in results.items() for e, m in zip(examples, done, strict=False)]
+        self.log_run(name, config=config, job_type="bench", samples=samples,
+                     summary={"methods": report["methods"], "memory": report.get("memory", {}),
+                              "notes": report.get("notes", [])},
+                     tables={"methods": (["method", *METHOD_COLUMNS, *STAT_COLUMNS], rows)})
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

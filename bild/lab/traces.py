@@ -1,10 +1,9 @@
 """Training data and training for the `learned` policy.
 
-`collect_traces` decodes each prompt with a recording policy that never falls back and keeps
-drafts up to the large model's first disagreement (greedy speculative decoding, cap included),
-so drafts are seen in the states a real run meets: every draft step's features (see
-policies/learned.py) are stored with its label, 1 when the large model's own token at that
-position differs (it would reject the draft).
+`collect_traces` decodes each prompt with `exact` (never falling back: drafts are kept up to the
+large model's first disagreement, cap included), so drafts are seen in the states a real run
+meets, and an observer stores every draft step's features (see policies/learned.py) with its
+label, 1 when the large model's own token at that position differs (it would reject the draft).
 
 `train_classifier` fits a logistic regression on the traces of most prompts and reports its
 ROC AUC on the held-out prompts' traces (prompts split by a hash of their id, so no prompt is on
@@ -20,64 +19,61 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import PrivateAttr
 
 from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
+from bild.lab.report import check_output, write_atomic
+from bild.lab.tasks import Example
+from bild.observer import Observer
 from bild.pair import ModelPair
-from bild.policy import DraftStep, Policy, Verification
-from bild.tasks import Example
+from bild.policy import DraftStep, Outcome, Verification
 from policies.learned import FEATURES, FORMAT, features
 
 # --- traces ------------------------------------------------------------------------------------
 
 
-class TraceRecorder(Policy):
-    """Never falls back; labels each verified draft; keeps drafts up to the first rejection."""
+class TraceRecorder(Observer):
+    """Records each draft's features when drafted and its label when verified."""
 
-    _pending: list[list[float]] = PrivateAttr(default_factory=list)
-    _rows: list[tuple[list[float], int]] = PrivateAttr(default_factory=list)
+    def __init__(self) -> None:
+        self.pending: list[list[float]] = []
+        self.rows: list[tuple[list[float], int]] = []
 
-    @property
-    def rows(self) -> list[tuple[list[float], int]]:
-        return self._rows
+    def after_draft(self, step: DraftStep, fallback: bool) -> None:
+        if not fallback:
+            self.pending.append(features(step))
 
-    def fallback(self, step: DraftStep) -> bool:
-        self._pending.append(features(step))
-        return False
-
-    def rollback(self, verification: Verification) -> int:
-        for x, draft, large in zip(self._pending, verification.draft_tokens, verification.large_tokens, strict=False):
-            self._rows.append((x, int(draft != large)))
-        self._pending.clear()
-        return verification.first_mismatch
+    def after_verification(self, verification: Verification, outcome: Outcome) -> None:
+        for x, draft, large in zip(self.pending, verification.draft_tokens, verification.large_tokens, strict=False):
+            self.rows.append((x, int(draft != large)))
+        self.pending.clear()
 
 
 def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationConfig, out: str | Path,
-                   progress: bool = True) -> dict[str, Any]:
-    """Write one JSON line per draft step to `out`; return counts."""
+                   progress: bool = True, inputs: list[str | None] = ()) -> dict[str, Any]:
+    """Decode with greedy speculative decoding (`exact`, never falling back) and write one JSON line per
+    draft step to `out`; return counts."""
     from tqdm.auto import tqdm
 
-    out = Path(out)
-    try:
-        handle = out.open("w")
-    except OSError as e:
-        raise BildError(f"cannot write traces to {str(out)!r}: {e.strerror}") from e
+    from policies import make_policy
+
+    out = check_output(out, list(inputs))
+    policy = make_policy("exact")
     rows = positives = 0
-    with handle:
-        for example in tqdm(examples, desc="traces", unit="prompt", disable=not progress):
-            recorder = TraceRecorder()
-            generate(pair, example.prompt, recorder, config)
-            for x, label in recorder.rows:
-                handle.write(json.dumps({"prompt": example.id, **dict(zip(FEATURES, x, strict=True)),
-                                         "rejected": label}) + "\n")
-                positives += label
-            rows += len(recorder.rows)
+    lines = []
+    for example in tqdm(examples, desc="traces", unit="prompt", disable=not progress):
+        recorder = TraceRecorder()
+        generate(pair, example.prompt, policy, config, observers=[recorder])
+        for x, label in recorder.rows:
+            lines.append(json.dumps({"prompt": example.id, **dict(zip(FEATURES, x, strict=True)), "rejected": label}))
+            positives += label
+        rows += len(recorder.rows)
+    write_atomic(out, "".join(line + "\n" for line in lines))
     meta = {"rows": rows, "prompts": len(examples), "rejected_rate": positives / rows if rows else None,
             "vocab_size": pair.vocab_size, "small": pair.small_name, "large": pair.large_name,
             "max_new_tokens": config.max_new_tokens, "max_draft_tokens": config.max_draft_tokens}
-    out.with_name(out.name + ".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomic(out.with_name(out.name + ".meta.json"), json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -157,8 +153,5 @@ def train_classifier(traces: str | Path, out: str | Path, held_out_fraction: flo
     document = {"format": FORMAT, "features": FEATURES, "mean": mean.tolist(), "std": std.tolist(),
                 "weights": weights.detach().tolist(), "bias": float(bias.detach()), "vocab_size": meta["vocab_size"],
                 "training": training}
-    try:
-        Path(out).write_text(json.dumps(document, indent=2) + "\n")
-    except OSError as e:
-        raise BildError(f"cannot write the classifier to {str(out)!r}: {e.strerror}") from e
+    write_atomic(check_output(out, [traces]), json.dumps(document, indent=2) + "\n")
     return training

@@ -29,8 +29,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from bild.corpus import read_texts, stdlib_files
 from bild.errors import BildError
+from bild.lab.corpus import read_texts, stdlib_files
 
 EOS = "<|endoftext|>"
 
@@ -168,7 +168,7 @@ def build_local_pair(preset: str = "cpu", force: bool = False, device: str | Non
         return target
     spec = PRESETS[preset]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    texts = list(read_texts(stdlib_files(held_out=False), spec.corpus_chars))
+    texts = [text for _, text in read_texts(stdlib_files(held_out=False), spec.corpus_chars)]
     if not texts:
         raise BildError("no Python standard library sources found to train the local pair on")
     print(f"building the local pair '{preset}' from {len(texts)} stdlib files on {dev} "

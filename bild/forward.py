@@ -1,0 +1,316 @@
+"""One model's forward passes on a chosen fast path, and the summary every decision reads.
+
+A `Runner` owns one model's KV cache and feeds it tokens at the cache's end. It lives as long as
+the pair (`runner_for` keeps one per model and fast path), so static buffers and captured graphs
+are built once per process and shape and only reset per prompt:
+
+    off       a dynamic cache, eager passes of exactly the tokens fed (any model)
+    static    a static cache rewound by position, eager passes (works on CPU; what CPU tests use)
+    graph     a static cache, passes padded to a few lengths ("buckets") and replayed as CUDA graphs
+    compile   the same padded step under torch.compile(mode="reduce-overhead", fullgraph=True)
+
+Every pass also computes, on the device, what the decisions read: per row the argmax, the max
+probability, the entropy and the negative log-probability of the next token fed (the drafts'
+NLL in a verification). `summarize` packs them in one `[T, 4]` tensor that is copied to the host
+once: the only host sync of a greedy step. Logits are cloned out of the graph's buffers for a
+policy that reads them.
+
+Padding: a verification of T tokens runs in the smallest bucket B >= T; the B - T pad tokens
+land after the real ones, so causal masking hides them from every real position, and the
+runner drops them from the cache before its next pass. The first pass of a generation (the
+prompt) and passes longer than the top bucket run eagerly at their exact length.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from transformers import PreTrainedModel
+
+from bild.cache import cache_kwarg, dynamic_cache, rewind, static_cache, static_unsupported
+from bild.errors import BildError
+
+log = logging.getLogger("bild")
+
+SUMMARY = ("argmax", "max_prob", "entropy", "next_nll")
+Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the padded pass: logits, summary, hidden
+
+
+class Pass(NamedTuple):
+    """What one forward pass gives the engine: `rows` positions, the last ones fed."""
+
+    logits: torch.Tensor  # [rows, V], owned by the caller
+    argmax: list[int]  # [rows]
+    max_prob: list[float]  # [rows]
+    entropy: list[float]  # [rows] nats
+    next_nll: list[float]  # [rows] −log p(token fed after this row); 0 for the last fed row
+    hidden: Callable[[], torch.Tensor]  # the last row's final hidden state [H], read during this step only
+
+
+def summarize(logits: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
+    """Per row: argmax, max probability, entropy and −log p(next id). # [T, V], [T] -> [T, 4]"""
+    logp = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
+    top, arg = logp.max(dim=-1)  # [T]
+    entropy = -(logp.exp() * logp.clamp_min(-1e30)).sum(dim=-1)  # clamp: 0 * -inf is nan
+    nll = -logp.gather(-1, next_ids[:, None]).squeeze(-1)  # [T]
+    return torch.stack([arg.float(), top.exp(), entropy, nll], dim=-1)
+
+
+def to_pass(logits: torch.Tensor, summary: torch.Tensor, hidden: Callable[[], torch.Tensor]) -> Pass:
+    """The host view of one pass: one device-to-host copy of the summary [rows, 4]."""
+    argmax, max_prob, entropy, nll = zip(*summary.tolist(), strict=True)
+    return Pass(logits, [int(a) for a in argmax], list(max_prob), list(entropy), [*nll[:-1], 0.0], hidden)
+
+
+class Runner(ABC):
+    """Feeds one model tokens at the end of its cache; reset per generation, kept per pair."""
+
+    def __init__(self, model: PreTrainedModel, vocab: int) -> None:
+        self.model = model
+        self.vocab = vocab  # logit width shared with the other model
+        self.device = model.device
+        self.encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.input_key = "decoder_input_ids" if self.encoder_decoder else "input_ids"
+        self.cache_key = cache_kwarg(model)
+        self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self.encoder_outputs = None
+        self.hidden: torch.Tensor | None = None  # the output layer's input in the last pass: [1, rows, H]
+        # a reference costs nothing; a policy that reads the hidden state slices it during its step
+        model.get_output_embeddings().register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.hidden = args[0]
+
+    def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
+        """Empty the cache for a generation of at most `capacity` positions (prompt included)."""
+        if self.encoder_decoder:
+            ids = torch.tensor([encoder_ids], device=self.device)  # [1, S]
+            self.encoder_outputs = self.model.get_encoder()(input_ids=ids)
+
+    @abstractmethod
+    def feed(self, ids: list[int], keep: int) -> Pass:
+        """Feed `ids` after the cached positions; the last `keep` rows of the pass."""
+
+    @abstractmethod
+    def rewind(self, drop: int) -> None:
+        """Forget the last `drop` positions fed."""
+
+    def forward(self, ids: torch.Tensor, cache: object, keep: int) -> torch.Tensor:
+        """One eager pass over `ids` [1, T] after the cached positions; the logits of the last `keep`. # [keep, V]"""
+        kwargs = {self.input_key: ids, self.cache_key: cache, "use_cache": True}
+        if self.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        if self.encoder_outputs is not None:
+            kwargs["encoder_outputs"] = self.encoder_outputs
+        return self.model(**kwargs).logits[0, -keep:, : self.vocab]
+
+    def eager_pass(self, ids: list[int], cache: object, keep: int) -> Pass:
+        tensor = torch.tensor([ids], device=self.device)  # [1, T]
+        logits = self.forward(tensor, cache, keep)  # [keep, V]
+        nxt = torch.cat([tensor[0, len(ids) - keep + 1:], tensor.new_zeros(1)])  # [keep]
+        hidden = self.hidden
+        return to_pass(logits, summarize(logits, nxt), lambda: hidden[0, -1])
+
+
+class DynamicRunner(Runner):
+    """`off`: a fresh dynamic cache per generation, eager passes of exactly what is fed."""
+
+    def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
+        super().start(capacity, encoder_ids)
+        self.cache = dynamic_cache(self.model, self.encoder_decoder)
+
+    def feed(self, ids: list[int], keep: int) -> Pass:
+        return self.eager_pass(ids, self.cache, keep)
+
+    def rewind(self, drop: int) -> None:
+        rewind(self.cache, drop)
+
+
+class StaticRunner(Runner):
+    """`static`: one preallocated cache rewound by position; eager passes of exactly what is fed.
+
+    The host counts the positions the cache holds (`length`), so nothing reads the device pointer.
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None) -> None:
+        super().__init__(model, vocab)
+        self.context = context  # the model's own limit on positions, if any
+        self.cache = None
+        self.capacity = 0
+        self.length = 0  # positions the cache's pointer is past (pads included)
+
+    def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
+        super().start(capacity, encoder_ids)
+        if capacity > self.capacity:
+            # round up so prompts of similar length share one cache (and its captured graphs)
+            self.allocate(max(256, 1 << (capacity - 1).bit_length()))
+        else:
+            rewind(self.cache, self.length)
+        self.length = 0
+
+    def allocate(self, capacity: int) -> None:
+        self.cache = static_cache(self.model, capacity)
+        self.capacity = capacity
+
+    def reserve(self, count: int) -> None:
+        if self.length + count > self.capacity:
+            raise BildError(f"a pass of {count} tokens after {self.length} cached ones overflows the static KV "
+                            f"cache of {self.capacity} positions: size the generation with its real prompt and "
+                            "max_new_tokens, or use fast_path='off'")
+
+    def feed(self, ids: list[int], keep: int) -> Pass:
+        self.reserve(len(ids))
+        out = self.eager_pass(ids, self.cache, keep)
+        self.length += len(ids)
+        return out
+
+    def rewind(self, drop: int) -> None:
+        rewind(self.cache, drop)
+        self.length -= drop
+
+
+def buckets_for(most: int) -> list[int]:
+    """Padded pass lengths: every length up to `most` when it is small, else powers of two."""
+    if most <= 16:
+        return list(range(1, most + 1))
+    return [1 << i for i in range((most - 1).bit_length() + 1)]
+
+
+Prepare = Callable[[Step], Step]  # turns a pass over static inputs into its fast version
+
+
+class PaddedRunner(StaticRunner):
+    """`graph` and `compile`: passes padded to buckets, each bucket's step prepared once per cache.
+
+    `prepare` turns the eager step into its fast form: CUDA-graph capture (`cuda_graph`),
+    `torch.compile` (`compiled`), or itself (`as_is`, which tests use on the CPU to exercise
+    the bookkeeping without a GPU).
+    """
+
+    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, buckets: list[int],
+                 prepare: Prepare) -> None:
+        super().__init__(model, vocab, context)
+        self.buckets = buckets
+        self.prepare = prepare
+        self.steps: dict[int, tuple[torch.Tensor, torch.Tensor, Step]] = {}  # size -> host and device inputs, step
+        self.pad = 0  # pad positions at the cache's end, dropped before the next pass
+
+    def allocate(self, capacity: int) -> None:
+        super().allocate(capacity + self.buckets[-1])  # room for the pads of a full-length pass
+        self.steps.clear()  # prepared steps point at the old cache
+
+    def feed(self, ids: list[int], keep: int) -> Pass:
+        self.rewind_pads()
+        size = next((b for b in self.buckets if b >= len(ids)), None)
+        if self.length == 0 or size is None or (self.context and self.length + size > self.context):
+            return super().feed(ids, keep)
+        self.reserve(size)
+        if size not in self.steps:
+            self.steps[size] = self.build(size)
+        host, inputs, step = self.steps[size]
+        host[0, : len(ids)] = torch.tensor(ids)
+        host[0, len(ids):] = ids[-1]  # pads repeat the last token
+        inputs.copy_(host, non_blocking=True)  # pinned on CUDA: no sync here
+        logits, summary, hidden = step()  # [B, V], [B, 4], [1, B, H]
+        self.length += size
+        self.pad = size - len(ids)
+        rows = slice(len(ids) - keep, len(ids))
+        return to_pass(logits[rows].clone(), summary[rows], lambda: hidden[0, len(ids) - 1].clone())
+
+    def build(self, size: int) -> tuple[torch.Tensor, torch.Tensor, Step]:
+        """Static inputs of one bucket and its prepared step (warmed up, leaving the cache as it was)."""
+        host = torch.zeros(1, size, dtype=torch.long, pin_memory=self.device.type == "cuda")  # [1, B]
+        inputs = torch.zeros(1, size, dtype=torch.long, device=self.device)  # [1, B]
+
+        def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            logits = self.forward(inputs, self.cache, size)  # [B, V]
+            nxt = torch.cat([inputs[0, 1:], inputs.new_zeros(1)])  # [B]
+            return logits, summarize(logits, nxt), self.hidden  # hidden: set by the hook in this pass
+
+        return host, inputs, self.prepare(self.warmed(step, size))
+
+    def warmed(self, step: Step, size: int) -> Step:
+        """Run `step` twice (allocations, lazy init, autotuning), rewinding the cache each time."""
+        for _ in range(2):
+            step()
+            rewind(self.cache, size)
+        return step
+
+    def rewind_pads(self) -> None:
+        if self.pad:
+            rewind(self.cache, self.pad)
+            self.length -= self.pad
+            self.pad = 0
+
+    def rewind(self, drop: int) -> None:
+        rewind(self.cache, drop + self.pad)
+        self.length -= drop + self.pad
+        self.pad = 0
+
+
+def as_is(step: Step) -> Step:
+    """The eager step itself ("replay" = an eager call on the static buffers)."""
+    return step
+
+
+def cuda_graph(step: Step) -> Step:
+    """Capture `step` (already warmed up) as a CUDA graph; replaying it updates its static outputs."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        outputs = step()  # recorded, not run: the cache's pointer does not move here
+    torch.cuda.current_stream().wait_stream(stream)
+
+    def replay() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        graph.replay()
+        return outputs
+
+    return replay
+
+
+def compiled(step: Step) -> Step:
+    """`torch.compile` of the step: CUDA graphs through torch's own machinery on CUDA."""
+    dynamo = torch._dynamo.config
+    if hasattr(dynamo, "recompile_limit"):  # one graph per bucket and cache: more than the default 8
+        dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
+    mode = "reduce-overhead" if torch.cuda.is_available() else None
+    return torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+
+
+# --- choosing a fast path ------------------------------------------------------------------------
+
+
+def resolve_fast_path(requested: str, models: dict[str, PreTrainedModel], device: torch.device) -> str:
+    """The fast path that will run: `auto` picks `graph` on CUDA where every model allows it."""
+    reasons = {name: r for name, m in models.items() if (r := static_unsupported(m))}
+    if requested == "auto":
+        if device.type != "cuda":
+            return "off"
+        if reasons:
+            name, reason = next(iter(reasons.items()))
+            log.info("bild: decoding eagerly (fast_path off): %s (%s model)", reason, name)
+            return "off"
+        return "graph"
+    if requested != "off" and reasons:
+        name, reason = next(iter(reasons.items()))
+        raise BildError(f"fast_path={requested!r} cannot serve the {name} model: {reason}; use --fast-path off")
+    if requested == "graph" and device.type != "cuda":
+        raise BildError(f"fast_path='graph' needs a CUDA GPU, but the models are on {device.type}: use "
+                        "--fast-path static (static cache, eager) or off")
+    return requested
+
+
+def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, context: int | None) -> Runner:
+    """A runner for `model` whose padded passes go up to `most` tokens."""
+    if fast_path == "off":
+        return DynamicRunner(model, vocab)
+    if fast_path == "static":
+        return StaticRunner(model, vocab, context)
+    prepare = cuda_graph if fast_path == "graph" else compiled
+    return PaddedRunner(model, vocab, context, buckets_for(most), prepare)

@@ -1,0 +1,101 @@
+"""`bild calibrate`: measure a cost model (bild/costs.py) for a pair on this device.
+
+For each model it times, after a prompt of typical length, one pass feeding n tokens for every
+n the engine feeds (the small model 1..2, the large model 1..cap + 1), each after warm-up and
+as the median of repeats, rewinding the cache after each; then prefills of a few prompt
+lengths, fitted by a line; then the engine's own time per pass, from a short greedy speculative
+run. Passes go through the same runners (fast path, static buffers, graphs) as decoding does.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from datetime import datetime, timezone
+
+import torch
+from tqdm.auto import tqdm
+
+from bild.config import GenerationConfig
+from bild.costs import CostModel, PassCosts
+from bild.engine import generate, runner_for
+from bild.forward import Runner, resolve_fast_path
+from bild.lab.measure import pair_identity
+from bild.pair import ModelPair
+
+CONTEXT = 128  # tokens before the timed passes: a typical prompt
+
+
+def _sync(pair: ModelPair) -> None:
+    if pair.device.type == "cuda":
+        torch.cuda.synchronize(pair.device)
+
+
+def time_passes(runner: Runner, pair: ModelPair, lengths: list[int], repeats: int, context: int) -> list[float]:
+    """Median seconds of a pass feeding n tokens after `context` cached ones, for each n."""
+    ids = [(7 * i + 3) % pair.vocab_size for i in range(context + max(lengths))]
+    runner.start(context + max(lengths) + 1)
+    runner.feed(ids[:context], 1)
+    medians = []
+    for n in lengths:
+        times = []
+        for _ in range(repeats + 2):  # two warm-up passes (graph capture, allocations)
+            _sync(pair)
+            start = time.perf_counter()
+            runner.feed(ids[context: context + n], 1)
+            times.append(time.perf_counter() - start)
+            runner.rewind(n)
+        medians.append(statistics.median(times[2:]))
+    return medians
+
+
+def time_prefill(runner: Runner, pair: ModelPair, lengths: list[int], repeats: int) -> tuple[float, float]:
+    """A line `a + b * tokens` through the median prefill times of a few prompt lengths."""
+    xs, ys = [], []
+    for n in lengths:
+        ids = [(5 * i + 1) % pair.vocab_size for i in range(n)]
+        times = []
+        for _ in range(repeats + 1):
+            runner.start(n + 2)
+            _sync(pair)
+            start = time.perf_counter()
+            runner.feed(ids, 1)
+            times.append(time.perf_counter() - start)
+        xs.append(n)
+        ys.append(statistics.median(times[1:]))
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / max(
+        sum((x - mean_x) ** 2 for x in xs), 1e-12)
+    return max(mean_y - slope * mean_x, 0.0), max(slope, 0.0)
+
+
+def costs_identity(pair: ModelPair, config: GenerationConfig) -> dict:
+    """What a cost model's figures are valid for."""
+    fast_path = resolve_fast_path(config.fast_path, {"small": pair.small, "large": pair.large}, pair.device)
+    return {**pair_identity(pair), "fast_path": fast_path, "torch": torch.__version__}
+
+
+@torch.inference_mode()
+def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 10, progress: bool = True) -> CostModel:
+    """Time this pair's passes on its device under `config`'s fast path and draft cap."""
+    from policies import make_policy
+
+    identity = costs_identity(pair, config)
+    fast_path, cap = identity["fast_path"], config.draft_cap()
+    context = min(CONTEXT, (pair.context_length(pair.large) or 4 * CONTEXT) // 2)
+    prefill_lengths = [n for n in (16, 64, 128, 256) if n + 2 <= (pair.context_length(pair.large) or 1 << 30)]
+    costs = {}
+    bar = tqdm(total=2, desc="calibrating", unit="model", disable=not progress)
+    for which, most in (("small", 2), ("large", cap + 1)):
+        runner = runner_for(pair, which, fast_path, most)
+        passes = time_passes(runner, pair, list(range(1, most + 1)), repeats, context)
+        costs[which] = PassCosts(passes=passes, prefill=time_prefill(runner, pair, prefill_lengths, repeats))
+        bar.update()
+    bar.close()
+    ids = [(11 * i + 5) % pair.vocab_size for i in range(context)]
+    run = generate(pair, ids, make_policy("exact"), config.model_copy(update={"max_new_tokens": 32}))
+    s = run.stats
+    overhead = max(s.wall_seconds - s.small_seconds - s.large_seconds, 0.0) / max(s.small_calls + s.large_calls, 1)
+    return CostModel(small=costs["small"], large=costs["large"], overhead_per_pass=overhead,
+                     identity={**identity, "cap": cap},
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -1,0 +1,211 @@
+"""Running a bench or a tune from validated options, whether they came from flags or a YAML file.
+
+`bild run CONFIG.yaml [--set key=value ...]` loads a file such as experiments/pycode_tune.yaml
+(`command: bench` or `command: tune`, then the options of that command, generation settings
+under `generation:`) and runs it exactly as the command line would.
+
+What a run records about itself has two parts: its `identity` (what the results depend on: the
+models by content, the prompt set by content and slice, the generation settings, the dtype; a
+resumed bench or study must match it) and its `context` (where and how it ran: names and
+paths, device, machine, versions, git commit, the experiment file and its description). Both
+go to the report, the study and W&B.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from bild.errors import BildError, unknown_name
+from bild.lab.options import BenchOptions, Experiment, Options, RunOptions, TuneOptions
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def describe(error: ValidationError) -> str:
+    parts = []
+    for err in error.errors():
+        where = ".".join(str(p) for p in err["loc"] if p not in ("bench", "tune"))
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], model: type) -> None:
+    """`--set key=value` (dotted for nested options, e.g. generation.max_new_tokens=32), in place."""
+    import yaml
+
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise BildError(f"--set {item!r} is not KEY=VALUE (e.g. --set n=16 or --set generation.max_new_tokens=32)")
+        *parents, leaf = key.split(".")
+        target, fields = data, model.model_fields
+        for part in parents:
+            if part not in fields or not hasattr(fields[part].annotation, "model_fields"):
+                raise unknown_name("option group", part, [k for k, f in fields.items()
+                                                           if hasattr(f.annotation, "model_fields")], "option groups")
+            fields = fields[part].annotation.model_fields
+            target = target.setdefault(part, {})
+        if leaf not in fields:
+            raise unknown_name("option", key, [*(".".join([*parents, k]) for k in fields)])
+        try:
+            target[leaf] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            target[leaf] = text
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> BenchOptions | TuneOptions:
+    """A validated experiment from a YAML file and `--set` overrides; errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BildError(f"experiment config {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BildError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or data.get("command") not in ("bench", "tune"):
+        raise BildError(f"{path}: needs `command: bench` or `command: tune` at the top level")
+    apply_overrides(data, list(overrides), BenchOptions if data["command"] == "bench" else TuneOptions)
+    try:
+        options = TypeAdapter(Experiment).validate_python(data)
+    except ValidationError as e:
+        raise BildError(f"{path}: {describe(e)}") from None
+    options._source = str(path)
+    return options
+
+
+# --- what a run records about itself -------------------------------------------------------------------
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with `+dirty` for uncommitted changes), when run from a checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+dirty" if head and dirty else head or None
+
+
+def identity(options: Options, pair: Any, examples: list[Any] | None = None) -> dict[str, Any]:
+    """What results depend on: the models and prompts by content, the generation settings, the dtype."""
+    from bild.lab.measure import pair_identity
+
+    found = {k: v for k, v in pair_identity(pair).items() if k not in ("small", "large", "device", "hardware")}
+    found["generation"] = options.generation.model_dump()
+    if examples is not None:
+        digest = hashlib.sha256(json.dumps([[e.id, e.prompt, e.reference] for e in examples]).encode())
+        found |= {"prompts_hash": digest.hexdigest()[:16], "n": len(examples)}
+    return found
+
+
+def context(options: Options, pair: Any) -> dict[str, Any]:
+    """Where and how a run ran: names, paths, device, machine, versions, commit, experiment file."""
+    from bild.lab.measure import machine_info
+
+    found: dict[str, Any] = {"small": pair.small_name, "large": pair.large_name,
+                             "tokenizer": pair.tokenizer.name_or_path,
+                             "machine": machine_info(pair), "git_commit": git_commit(),
+                             "experiment": getattr(options, "_source", None)}
+    if isinstance(options, RunOptions):
+        found |= {"prompts": options.prompts, "task": options.task, "offset": options.offset,
+                  "description": options.description}
+    return found
+
+
+# --- running ------------------------------------------------------------------------------------------
+
+
+def quiet_transformers() -> None:
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+
+
+def load_pair(options: Options):
+    from bild.lab.presets import resolve_pair
+    from bild.pair import ModelPair
+
+    small, large = resolve_pair(options.pair, options.small, options.large)
+    quiet_transformers()
+    return ModelPair.from_pretrained(small, large, device=options.device, dtype=options.dtype)
+
+
+def prepare(options: RunOptions):
+    """Threads, prompts and the pair of a bench or tune, in the order that fails fastest."""
+    import torch
+
+    from bild.lab.tasks import load_examples
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    return examples, load_pair(options)
+
+
+def logger_for(options: RunOptions, group: str):
+    from bild.lab.wandb_log import WandbLogger
+
+    return WandbLogger(options.wandb_mode, options.wandb_project, group=group, directory=options.wandb_dir)
+
+
+def execute_bench(options: BenchOptions) -> dict[str, Any]:
+    from bild.lab.bench import format_table, plot, run_bench
+    from bild.lab.measure import parse_methods
+
+    methods = parse_methods(options.methods, options.params)
+    examples, pair = prepare(options)
+    found = identity(options, pair, examples)
+    report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
+                                out=options.json_out, setup={**found, "device": str(pair.device),
+                                                             "threads": options.threads},
+                                inputs=[options.prompts], overwrite=options.overwrite)
+    report["context"] = context(options, pair)
+    print(format_table(report))
+    if options.plot:
+        plot(report, options.plot)
+    name = f"bench:{Path(pair.large_name).name}:{options.task or Path(options.prompts or 'prompts').stem}"
+    logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"],
+                                                         "options": options.model_dump()}, report=report,
+                                           examples=examples, results=results)
+    return report
+
+
+def execute_tune(options: TuneOptions) -> dict[str, Any]:
+    from bild.lab.tune import format_front, run_tune
+
+    if options.study is None:
+        options = options.model_copy(update={"study": f"bild-{options.policy}-"
+                                             f"{options.task or Path(options.prompts or 'prompts').stem}"})
+    examples, pair = prepare(options)
+    found = identity(options, pair, examples)
+    report = run_tune(options, pair, examples, logger_for(options, options.study), setup=found,
+                      context=context(options, pair))
+    print(f"study {report['study']}: {report['finished_trials']} finished trials; baseline "
+          f"{report['baseline']['tokens_per_s']:.1f} tokens/s, {options.metric} "
+          f"{report['baseline']['quality'][options.metric]}")
+    print(format_front(report["front"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    print(f"front written to {Path(options.out_dir) / (report['study'] + '-front.json')}")
+    return report
+
+
+def execute(options: BenchOptions | TuneOptions) -> dict[str, Any]:
+    return execute_bench(options) if isinstance(options, BenchOptions) else execute_tune(options)

@@ -1,0 +1,148 @@
+"""The options of every command, as pydantic models: the one place each setting is defined.
+
+The command line builds its flags from these models (bild/lab/cli.py), YAML configs fill the
+same models (`bild run`), and the validated model is what runs and what is logged with the
+results. Generation settings are the core's `GenerationConfig`, nested as `generation`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from bild.config import GenerationConfig
+from bild.errors import BildError
+
+DISTRIBUTION = "big-little-decoder"  # the package index name ("bild" there is another project)
+WandbMode = Literal["offline", "online", "disabled"]
+Metric = Literal["chrf", "bleu", "rouge_l", "agreement"]
+BASELINES = ("large", "large-hf", "large-hf-static", "small", "hf-assisted")
+DEFAULT_METHODS = "large,large-hf,small,hf-assisted,exact,bild"
+
+
+def parse_pairs(items: list[str], what: str = "parameter") -> dict[str, str]:
+    """`["a=1", "b=x"]` -> `{"a": "1", "b": "x"}`; the models coerce the values per field."""
+    found = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BildError(f"{what} {item!r} is not KEY=VALUE (e.g. fallback_threshold=0.5)")
+        found[key.strip()] = value.strip()
+    return found
+
+
+class Options(BaseModel):
+    """A model pair and how to generate with it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair: str | None = Field(None, description="named pair, e.g. local (built offline on first use), t5, pythia")
+    small: str | None = Field(None, description="small model: hub id or local directory")
+    large: str | None = Field(None, description="large model: hub id or local directory")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
+    dtype: str | None = Field(None, description="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+class PromptOptions(BaseModel):
+    prompts: str | None = Field(None, description="JSONL file with 'prompt' and optional 'reference' per line")
+    task: str | None = Field(None, description="built-in prompt set: pycode, or a Hugging Face task (network)")
+    n: int | None = Field(None, ge=1, description="use N prompts (tasks default to 32)")
+    offset: int = Field(0, ge=0, description="skip the first K prompts (a held-out slice: --offset K --n N)")
+
+
+class RunOptions(Options, PromptOptions):
+    """What bench and tune share: prompts, measuring, logging."""
+
+    description: str | None = Field(None, description="what this experiment is for (logged with the results)")
+    repeats: int = Field(1, ge=1, description="timed runs per prompt (the median is kept)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    wandb_mode: WandbMode = Field("offline", description="W&B logging (offline: no account or network; "
+                                  "`wandb sync` uploads later)")
+    wandb_project: str = Field("bild", description="W&B project")
+    wandb_dir: str | None = Field(None, description="where W&B writes its runs (default: the current directory)")
+    _source: str | None = PrivateAttr(None)  # the experiment file these options came from
+
+    cost_model: str | None = Field(None, description="cost model JSON from `bild calibrate` (default: calibrate "
+                                   "this pair here first)")
+    force_cost_model: bool = Field(False, description="use --cost-model although it was measured with another pair, "
+                                   "device or dtype (e.g. GPU costs for a study whose trials run on CPUs)")
+
+
+class GenerateOptions(Options):
+    command: Literal["generate"] = "generate"
+    prompt: str | None = Field(None, description="the prompt text")
+    prompt_file: str | None = Field(None, description="read the prompt from this text file")
+    policy: str = Field("bild", description="registered policy name (see `bild policies`)")
+    params: dict[str, Any] = Field({}, description="policy parameter KEY=VALUE, repeatable")
+    json_output: bool = Field(False, description="print one JSON object: text, token_ids, stats")
+
+
+class BenchOptions(RunOptions):
+    command: Literal["bench"] = "bench"
+    methods: str = Field(DEFAULT_METHODS, description="comma-separated baselines and policies; a policy may "
+                         "carry overrides: bild@fallback_threshold=0.3@rollback_threshold=3")
+    params: dict[str, Any] = Field({}, description="KEY=VALUE set on every listed policy that has it; repeatable")
+    json_out: str | None = Field(None, description="write the report here (and OUT.samples.jsonl) as it runs; "
+                                 "rerunning the same command resumes")
+    overwrite: bool = Field(False, description="start the report afresh instead of resuming it")
+    plot: str | None = Field(None, description="draw quality against speedup into this PNG/PDF/SVG")
+
+
+class TuneOptions(RunOptions):
+    command: Literal["tune"] = "tune"
+    policy: str = Field(description="registered policy to tune")
+    trials: int = Field(20, ge=1, description="the study's total of finished trials (all workers)")
+    study: str | None = Field(None, description="study name (default bild-POLICY-PROMPTS); workers with one name "
+                              "share it")
+    storage: str = Field("sqlite:///bild-tune.db", description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db "
+                         "for many workers")
+    objectives: list[str] = Field(["speedup", "quality"], description="speedup,quality (Pareto front) or speedup "
+                                  "(with --max-quality-drop)")
+    objective: Literal["modelled", "measured"] = Field(
+        "modelled", description="how a trial's speedup is scored: modelled (the cost model: deterministic, shareable "
+        "across machines) or measured (the wall clock)")
+    sampler: Literal["tpe", "nsga2", "random", "grid"] = Field("tpe", description="the Optuna sampler")
+    confirm: int = Field(4, ge=0, description="re-measure this many of the fastest front trials on the clock at the "
+                         "end, side by side with the large model")
+    metric: Metric = Field("chrf", description="the quality objective")
+    max_quality_drop: float | None = Field(None, ge=0, description="quality points the large model's may drop by")
+    timeout: float | None = Field(None, gt=0, description="stop this worker after S seconds")
+    space: dict[str, str] = Field({}, description="narrow (KEY=LOW:HIGH), choose (KEY=A|B) or fix (KEY=VALUE) a "
+                                  "parameter; repeatable")
+    out_dir: str = Field(".", description="where the front JSON and PNG go")
+    heartbeat: int = Field(30, ge=1, description="seconds between worker heartbeats; a trial silent for twice that "
+                           "is retried")
+    max_retry: int = Field(2, ge=0, description="how often a dead worker's trial is run again")
+    wandb_per: Literal["trial", "study"] = Field("trial", description="one W&B run per trial, or one per study")
+    sampler_seed: int | None = Field(None, ge=0, lt=2**32, description="seed of the Optuna sampler")
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+class CalibrateOptions(Options):
+    command: Literal["calibrate"] = "calibrate"
+    out: str = Field(description="cost model JSON to write")
+    repeats: int = Field(10, ge=1, description="timed passes per length (the median is kept)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+
+
+class TracesOptions(Options, PromptOptions):
+    command: Literal["traces"] = "traces"
+    out: str = Field(description="JSONL file to write (and OUT.meta.json)")
+
+
+class TrainPolicyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["train-policy"] = "train-policy"
+    traces: str = Field(description="JSONL written by `bild traces`")
+    out: str = Field(description="classifier JSON to write (load it with --param path=...)")
+    held_out: float = Field(0.2, gt=0, lt=1, description="fraction of prompts held out for the AUC")
+
+
+Experiment = Annotated[BenchOptions | TuneOptions, Field(discriminator="command")]

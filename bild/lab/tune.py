@@ -1,0 +1,446 @@
+"""`bild tune`: an Optuna search over a policy's parameters, speed against quality.
+
+- Space: from the policy's parameters, define-by-run (bild/lab/space.py); `--space` narrows it.
+- Speed: `--objective modelled` (default) scores a trial's speedup over the large model alone
+  with the study's cost model (bild/costs.py) from the engine's pass counts: deterministic for
+  greedy decoding, so a study is reproducible and workers on different machines can share it.
+  `measured` uses the wall clock. Either way the best trials are re-measured on the clock at
+  the end, side by side with the large model (`--confirm K`), and both figures are reported.
+- Objectives: `speedup,quality` (default) is a Pareto search whose front is `study.best_trials`;
+  `speedup` alone maximises speed under `--max-quality-drop` (a constraint the sampler knows),
+  with Optuna's `WilcoxonPruner` stopping hopeless trials early (one step per prompt).
+- Shared state lives in the study: the setup (a resumed study refuses other settings), the cost
+  model (calibrated by the first worker, or `--cost-model FILE`), the baseline (one per study
+  for the modelled objective, per study and machine for the measured one). Every worker uses the
+  stored values, never its own.
+- Workers started with the same command join one study; `--trials N` is the study's total of
+  finished trials. No parameter set is evaluated twice: each worker seeds its sampler from the
+  seed and the trials present when it starts, and a trial that draws a set the study already has
+  is skipped (a FAIL trial with the user attribute `duplicate_of`), as is one beyond the total
+  (`surplus`). A dead worker's trial is retried once its heartbeat is stale; a worker that finds
+  trials running elsewhere says so and waits for them, so the study always reaches its total.
+- Every trial's parameters, metrics, engine statistics and samples are stored as user
+  attributes as soon as it ends, so an interrupted study loses at most the trial in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from bild.costs import CostModel
+from bild.engine import encode_prompt
+from bild.errors import BildError
+from bild.lab.measure import (
+    Measurement,
+    Method,
+    Results,
+    machine_info,
+    measure,
+    policy_stats,
+    quality,
+    summarize,
+    tokens_per_second,
+)
+from bild.lab.options import TuneOptions
+from bild.lab.report import check_output
+from bild.lab.space import SearchSpace
+from bild.lab.tasks import Example
+from bild.lab.wandb_log import WandbLogger
+from bild.pair import ModelPair
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SAMPLES_PER_TRIAL = 4
+SETTLE_SECONDS = 1.0  # how long a worker waits before reading back a value it stored
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+class SkippedTrial(Exception):
+    """A trial beyond the study's total, or one that drew a parameter set the study already has."""
+
+
+# --- checks before anything is measured ---------------------------------------------------------------
+
+
+def check_objectives(options: TuneOptions) -> list[str]:
+    """The Optuna directions, after refusing contradictory combinations."""
+    objectives = options.objectives
+    if len(set(objectives)) != len(objectives):
+        raise BildError(f"--objectives {','.join(objectives)} lists an objective twice")
+    if sorted(objectives) == ["quality", "speedup"]:
+        if options.max_quality_drop is not None:
+            raise BildError("--max-quality-drop constrains a single-objective search: use --objectives speedup "
+                            "with it, or drop it for the speed-quality Pareto front")
+        return ["maximize", "maximize"]
+    if objectives == ["speedup"]:
+        if options.max_quality_drop is None:
+            raise BildError("--objectives speedup needs --max-quality-drop X, or the search trades all quality "
+                            "for speed; use --objectives speedup,quality for a Pareto front")
+        return ["maximize"]
+    raise BildError(f"--objectives {','.join(objectives)}: use speedup,quality (Pareto) or speedup "
+                    "(with --max-quality-drop)")
+
+
+def check_setup(options: TuneOptions, examples: list[Example], space: SearchSpace) -> Path:
+    """Everything that can be refused before measuring; the front's path stem."""
+    check_objectives(options)
+    if not STUDY_NAME.fullmatch(options.study or ""):
+        raise BildError(f"study name {options.study!r} must be letters, digits, '.', '_' or '-' (it names files): "
+                        "e.g. --study pycode-bild")
+    if options.metric != "agreement" and any(e.reference is None for e in examples):
+        raise BildError(f"--metric {options.metric} needs a reference for every prompt; "
+                        "use --metric agreement (agreement with the large model) for prompts without")
+    out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise BildError(f"--out-dir {options.out_dir!r} is a file: give a folder")
+    stem = check_output(out / f"{options.study}-front.json", [options.prompts]).with_suffix("")
+    return stem
+
+
+def open_storage(options: TuneOptions) -> optuna.storages.RDBStorage:
+    """The RDB storage with heartbeats and retries; workers starting together may race to create
+    the schema, so a schema clash is retried."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happens, without tracebacks
+    error: Exception | None = None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                options.storage, heartbeat_interval=options.heartbeat, grace_period=2 * options.heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=options.max_retry),
+                engine_kwargs=None if options.storage.startswith("sqlite") else {"pool_pre_ping": True},
+            )
+        except (IntegrityError, ProgrammingError) as e:
+            error = e
+            time.sleep(0.5 + attempt)
+        except Exception as e:  # sqlalchemy and the drivers raise many types for "unreachable"
+            error = e
+            break
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise BildError(f"cannot open the study storage {options.storage!r}: {first}") from error
+
+
+def make_sampler(options: TuneOptions, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
+    single = len(options.objectives) == 1
+    if options.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if options.sampler == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if options.sampler == "nsga2" and not single:
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=None)
+    if options.sampler == "nsga2":
+        raise BildError("--sampler nsga2 is a multi-objective sampler: use it with --objectives speedup,quality")
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
+
+
+def open_study(options: TuneOptions, storage: optuna.storages.RDBStorage, space: SearchSpace,
+               setup: dict[str, Any]) -> optuna.Study:
+    directions = check_objectives(options)
+    pruner = optuna.pruners.WilcoxonPruner(p_threshold=0.1) if len(directions) == 1 else optuna.pruners.NopPruner()
+    try:
+        study = optuna.create_study(storage=storage, study_name=options.study, directions=directions,
+                                    load_if_exists=True, pruner=pruner)
+    except ValueError as e:
+        raise BildError(f"study {options.study!r}: {e}") from e
+    existing = study.user_attrs.get("setup")
+    if existing is None:
+        study.set_user_attr("setup", setup)
+        study.set_metric_names(["speedup", options.metric][: len(directions)])
+    elif existing != setup:
+        diff = sorted(k for k in set(existing) | set(setup) if existing.get(k) != setup.get(k))
+        raise BildError(f"study {options.study!r} exists with other settings ({', '.join(diff)} differ): "
+                        "pick another --study name, or rerun with the study's settings to resume it")
+    if [d.name.lower() for d in study.directions] != directions:
+        raise BildError(f"study {options.study!r} exists with other objectives: pick another --study name")
+    # a worker's own stream of samples: resuming or joining never replays the sampler's start
+    seed = None if options.sampler_seed is None else (options.sampler_seed + len(study.trials)) % 2**32
+    study.sampler = make_sampler(options, space, seed)
+    return study
+
+
+def shared_value(study: optuna.Study, key: str, compute: Any) -> Any:
+    """The study's value under `key`, computed and stored by the first worker that needs it.
+
+    Workers that compute it at the same moment each store theirs, wait, and read back the one
+    that stayed, so all of them use one value.
+    """
+    if key in study.user_attrs:
+        return study.user_attrs[key]
+    value = compute()
+    if key not in optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs:
+        study.set_user_attr(key, value)
+        time.sleep(SETTLE_SECONDS)
+    return optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[key]
+
+
+# --- measuring ---------------------------------------------------------------------------------------
+
+
+def speedup(costs: CostModel | None, trial: list[Measurement], base: list[Measurement]) -> float:
+    """Tokens per unit of time of `trial` over `base` (the same prompts): modelled when `costs` is given."""
+    if costs is None:
+        return tokens_per_second(trial) / tokens_per_second(base)
+    modelled = [m.model_copy(update={"seconds": costs.seconds(m.stats)}) for m in (*trial, *base)]
+    return tokens_per_second(modelled[: len(trial)]) / tokens_per_second(modelled[len(trial):])
+
+
+class Study:
+    """One worker's view of a study: what every trial is measured and scored against."""
+
+    def __init__(self, options: TuneOptions, pair: ModelPair, examples: list[Example], space: SearchSpace,
+                 study: optuna.Study, costs: CostModel | None, base: list[Measurement], logger: WandbLogger,
+                 setup: dict[str, Any]) -> None:
+        self.options, self.pair, self.examples, self.space = options, pair, examples, space
+        self.study, self.costs, self.base, self.logger, self.setup = study, costs, base, logger, setup
+        self.base_quality = quality(base, examples, base)
+
+    def method(self, params: dict[str, Any]) -> Method:
+        from policies import make_policy
+
+        return Method(name=self.options.policy, policy=make_policy(self.options.policy, params))
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        others = [t for t in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+                  if t.number != trial.number]
+        if sum(t.state in FINISHED or t.number < trial.number for t in others) >= self.options.trials:
+            trial.set_user_attr("surplus", True)
+            raise SkippedTrial
+        params = self.space.suggest(trial)
+        twin = next((t.number for t in others if t.params == trial.params), None)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin)
+            raise SkippedTrial
+        single = len(self.options.objectives) == 1
+
+        def report_prompt(i: int, results: Results) -> None:
+            if single:  # per-prompt speedup: the pruner's steps
+                trial.report(speedup(self.costs, results[self.options.policy][i: i + 1], self.base[i: i + 1]), i)
+                if trial.should_prune():
+                    raise optuna.TrialPruned
+
+        results: Results = {self.options.policy: []}
+        try:
+            results = measure(self.pair, self.examples, [self.method(params)], self.options.generation,
+                              self.options.repeats, on_prompt=lambda i, r: (results.update(r), report_prompt(i, r)),
+                              progress=False)
+        except optuna.TrialPruned:
+            self.record(trial, params, results[self.options.policy], pruned=True)
+            raise
+        return self.record(trial, params, results[self.options.policy], pruned=False)
+
+    def record(self, trial: optuna.Trial, params: dict[str, Any], done: list[Measurement], pruned: bool):
+        base = self.base[: len(done)]
+        q = quality(done, self.examples, base)
+        metric = self.options.metric
+        value = q[metric]
+        drop = None if pruned else self.base_quality[metric] - value
+        stats = policy_stats([m.stats for m in done])
+        attrs = {"params": self.method(params).policy.params(), "speedup": speedup(self.costs, done, base),
+                 "measured_speedup": tokens_per_second(done) / tokens_per_second(base),
+                 "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
+                 "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
+                                                 "large_calls_per_token", "mean_accepted_draft_length")}}
+        samples = [{"id": e.id, "method": self.options.policy, "prompt": e.prompt, "text": m.text,
+                    "reference": e.reference} for e, m in zip(self.examples, done, strict=False)]
+        for key, val in (attrs | {"samples": samples[:SAMPLES_PER_TRIAL]}).items():
+            trial.set_user_attr(key, val)
+        if self.options.max_quality_drop is not None:  # feasible when <= 0; the sampler learns it
+            trial.set_constraint("quality_drop", float("inf") if drop is None else drop - self.options.max_quality_drop)
+        if self.options.wandb_per == "trial":
+            self.logger.log_run(f"trial-{trial.number}:{self.options.policy}", job_type="tune-trial",
+                                config={**self.setup, "trial": trial.number, "params": attrs["params"]},
+                                summary={**attrs, "pruned": pruned}, samples=samples)
+        return attrs["speedup"] if len(self.options.objectives) == 1 else (attrs["speedup"], value)
+
+
+# --- running -----------------------------------------------------------------------------------------
+
+
+def progress_line(study: optuna.Study, total: int, metric: str):
+    """After each trial: one line on stderr."""
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state not in FINISHED:
+            return
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        q = (trial.user_attrs.get("quality") or {}).get(metric)
+        print(f"[{finished}/{total}] trial {trial.number} {trial.state.name.lower()}: speedup "
+              f"{trial.user_attrs.get('speedup', float('nan')):.2f}, {metric} {'-' if q is None else f'{q:.2f}'} "
+              f"({params})", file=sys.stderr, flush=True)
+
+    return callback
+
+
+def run_trials(study: optuna.Study, objective: Study, options: TuneOptions) -> None:
+    """Run trials until the study holds `options.trials` finished ones (or this worker's timeout)."""
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    told = False
+    while deadline is None or time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if finished >= options.trials:
+            return
+        if finished + running >= options.trials:
+            if not told:
+                print(f"study {study.study_name}: {finished}/{options.trials} finished; waiting for {running} "
+                      f"trial(s) running elsewhere (a stopped worker's trial is retried once its heartbeat is "
+                      f"{2 * options.heartbeat} s old)", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(min(options.heartbeat, 5))
+            continue
+        told = False
+        study.optimize(objective, n_trials=1, catch=(SkippedTrial,),
+                       callbacks=[progress_line(study, options.trials, options.metric)])
+
+
+def front(study: optuna.Study, options: TuneOptions) -> list[FrozenTrial]:
+    """The Pareto front (two objectives) or the fastest trial within the quality constraint."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    if len(options.objectives) == 2:
+        return sorted(study.best_trials, key=lambda t: t.values[0])
+    feasible = [t for t in complete if t.user_attrs["quality_drop"] <= options.max_quality_drop]
+    return sorted(feasible, key=lambda t: -t.values[0])[:1]
+
+
+def front_rows(trials: list[FrozenTrial], metric: str) -> list[dict[str, Any]]:
+    return [{"trial": t.number, "speedup": t.user_attrs["speedup"], metric: t.user_attrs["quality"][metric],
+             "quality_drop": t.user_attrs.get("quality_drop"), **t.user_attrs["params"]} for t in trials]
+
+
+def confirm(objective: Study, rows: list[dict[str, Any]], count: int) -> dict[int, float]:
+    """Measured speedups of the `count` fastest front trials, side by side with the large model."""
+    best = sorted(rows, key=lambda r: -r["speedup"])[:count]
+    if not best:
+        return {}
+    keys = list(objective.space.params)
+    methods = [Method(name="large")] + [
+        objective.method({k: r[k] for k in keys if k in r}).model_copy(update={"name": f"trial-{r['trial']}"})
+        for r in best]
+    rows_measured = summarize(methods, measure(objective.pair, objective.examples, methods,
+                                               objective.options.generation, objective.options.repeats,
+                                               progress=False), objective.examples)
+    return {r["trial"]: rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"] for r in best}
+
+
+def format_front(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no finished trial yet"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cells = [keys] + [[f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys]
+                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+
+
+def plot_front(study: optuna.Study, rows: list[dict[str, Any]], metric: str, path: Path,
+               baseline_quality: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([t.user_attrs["speedup"] for t in trials], [t.user_attrs["quality"][metric] for t in trials],
+               s=14, color="0.6", label="trials")
+    ax.plot([r["speedup"] for r in rows], [r[metric] for r in rows], "o-", color="C3", label="Pareto front")
+    if baseline_quality is not None:
+        ax.scatter([1.0], [baseline_quality], marker="*", s=120, color="C0", label="large alone")
+    ax.set_xlabel("speedup vs large alone")
+    ax.set_ylabel(metric)
+    ax.set_title(study.study_name, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def machine_key(pair: ModelPair) -> str:
+    info = machine_info(pair)
+    return f"baseline@{socket.gethostname()}/{info.get('gpu', info['processor'])}/{info['dtype']}"
+
+
+def load_costs(options: TuneOptions, pair: ModelPair) -> CostModel:
+    """The cost model a study scores with: the file given (checked against this setup), else this
+    pair calibrated here."""
+    from bild.lab.calibrate import calibrate, costs_identity
+
+    if options.cost_model is None:
+        return calibrate(pair, options.generation, progress=False)
+    costs = CostModel.load(options.cost_model)
+    differ = costs.mismatch(costs_identity(pair, options.generation))
+    if differ and not options.force_cost_model:
+        raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
+                        f"({', '.join(f'{k}={costs.identity[k]}' for k in differ)}): calibrate this setup with "
+                        "`bild calibrate`, or pass --force-cost-model to use it anyway")
+    if differ:
+        print(f"warning: using cost model {options.cost_model} measured with another {', '.join(differ)}",
+              file=sys.stderr)
+    return costs
+
+
+def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
+             setup: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Join (or create) the study, run trials until it holds `options.trials`, report its front."""
+    from policies import policy_class
+
+    space = SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
+    stem = check_setup(options, examples, space)
+    setup = {**setup, **options.model_dump(include={"policy", "objectives", "objective", "metric",
+                                                      "max_quality_drop", "space"})}
+    for e in examples:  # a prompt that cannot run is refused before a study is touched
+        encode_prompt(pair, e.prompt, options.generation.max_new_tokens)
+    study = open_study(options, open_storage(options), space, setup)
+    costs = None
+    if options.objective == "modelled":
+        costs = CostModel(**shared_value(study, "cost_model", lambda: load_costs(options, pair).model_dump()))
+    key = "baseline" if options.objective == "modelled" else machine_key(pair)
+    base = [Measurement(**m) for m in shared_value(study, key, lambda: [
+        m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
+                                        progress=False)["large"]])]
+    objective = Study(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})})
+    run_trials(study, objective, options)
+
+    rows = front_rows(front(study, options), options.metric)
+    measured = confirm(objective, rows, options.confirm)
+    for r in rows:
+        r["measured_speedup"] = measured.get(r["trial"])
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    notes = []
+    if rows and max(r["speedup"] for r in rows) <= 1.0:
+        notes.append("no trial beats the large model alone: widen the space or check the pair's agreement")
+    report = {"study": study.study_name, "storage": options.storage, "policy": options.policy,
+              "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
+              "finished_trials": finished, "baseline": {"tokens_per_s": tokens_per_second(base),
+                                                         "quality": objective.base_quality},
+              "front": rows, "notes": notes, "machine": machine_info(pair), "options": options.model_dump(),
+              "setup": setup, "cost_model": costs.model_dump() if costs else None}
+    (stem.with_suffix(".json")).write_text(json.dumps(report, indent=2) + "\n")
+    if rows:
+        plot_front(study, rows, options.metric, stem.with_suffix(".png"), objective.base_quality.get(options.metric))
+    tables = {"pareto_front": (list(rows[0]), [list(r.values()) for r in rows])} if rows else {}
+    if options.wandb_per == "study":
+        trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric)
+        if trials:
+            tables["trials"] = (list(trials[0]), [list(r.values()) for r in trials])
+    logger.log_run(f"summary:{study.study_name}", job_type="tune-summary", config=objective.setup,
+                   summary={"finished_trials": finished, "baseline": report["baseline"], "notes": notes},
+                   tables=tables)
+    return report
