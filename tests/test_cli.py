@@ -88,7 +88,8 @@ def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_pat
 
     config = tmp_path / "tune.yaml"
     config.write_text(f"command: tune\nsmall: {dirs[0]}\nlarge: {dirs[1]}\nprompts: {prompts_file}\n"
-                      f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\ngeneration:\n  max_new_tokens: 6\n"
+                      f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\n"
+                      "generation:\n  max_new_tokens: 6\n"
                       f"wandb_mode: disabled\nout_dir: {tmp_path}\nmetric: agreement\nspace:\n"
                       "  fallback_threshold: '0.1:0.9'\n")
     run = bild("run", str(config))

@@ -66,7 +66,7 @@ def test_open_bounds_are_excluded_from_the_space():
             return verification.n
 
     space = SearchSpace(Open).distributions
-    assert 0.0 < space["rate"].low and space["rate"].high < 1.0
+    assert space["rate"].low > 0.0 and space["rate"].high < 1.0
     assert (space["count"].low, space["count"].high) == (1, 7)
     with pytest.raises(BildError, match="below the parameter's bound"):
         SearchSpace(Open, {"rate": "0:0.5"})

@@ -67,8 +67,8 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def test_two_workers_share_one_study(worker_args, storage, tmp_path):
-    workers = [start_worker(worker_args, "--storage", storage, "--trials", "8", "--sampler-seed", str(i), out_dir=tmp_path)
-               for i in range(2)]
+    workers = [start_worker(worker_args, "--storage", storage, "--trials", "8", "--sampler-seed", str(i),
+                            out_dir=tmp_path) for i in range(2)]
     for w in workers:
         finish(w)
     study = optuna.load_study(study_name="shared", storage=storage)

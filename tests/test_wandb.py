@@ -27,7 +27,8 @@ def test_bench_logs_one_offline_run(pair_dirs, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def add(", "reference": "a + b"}\n{"prompt": "for i in"}\n')
     execute_bench(BenchOptions(small=str(small), large=str(large), prompts=str(prompts), methods="large,exact",
-                               generation=GenerationConfig(max_new_tokens=8), wandb_mode="offline", wandb_dir=str(tmp_path / "wb")))
+                               generation=GenerationConfig(max_new_tokens=8), wandb_mode="offline",
+                               wandb_dir=str(tmp_path / "wb")))
     (run,) = runs(tmp_path / "wb")
     record = (run / next(p.name for p in run.iterdir() if p.suffix == ".wandb")).read_bytes()
     for key in (b"methods", b"max_new_tokens", b"torch", b"tokens_per_s", b"speedup_vs_large"):
