@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from bild.config import GenerationConfig
 from bild.decoder import Decoder
 from bild.errors import BildError
-from bild.forward import Runner, make_runner, resolve_fast_path
+from bild.forward import PaddedRunner, Runner, make_runner, resolve_fast_path
 from bild.observer import Observer
 from bild.pair import ModelPair
 from bild.policy import DraftStep, History, Outcome, Policy, StopReason, Verdict, Verification
@@ -125,13 +125,14 @@ def checked_rollback(policy: Policy, decision: Any, n: int, vocab: int) -> Verdi
 
 
 def runner_for(pair: ModelPair, which: str, fast_path: str, most: int) -> Runner:
-    """The pair's long-lived runner of one model on one fast path (replaced if it needs longer passes)."""
+    """The pair's long-lived runner of one model on one fast path, padding passes of up to `most` tokens."""
     key = (which, fast_path)
-    runner = pair.runners.get(key)
-    if runner is None or getattr(runner, "buckets", [most])[-1] < most:
+    if key not in pair.runners:
         model = getattr(pair, which)
-        runner = make_runner(model, pair.vocab_size, fast_path, most, pair.context_length(model))
-        pair.runners[key] = runner
+        pair.runners[key] = make_runner(model, pair.vocab_size, fast_path, most, pair.context_length(model))
+    runner = pair.runners[key]
+    if isinstance(runner, PaddedRunner):
+        runner.widen(most)
     return runner
 
 

@@ -178,10 +178,16 @@ def buckets_for(most: int) -> list[int]:
     """Padded pass lengths: every length up to `most` when it is small, else powers of two."""
     if most <= 16:
         return list(range(1, most + 1))
+    return powers_of_two(most)
+
+
+def powers_of_two(most: int) -> list[int]:
+    """1, 2, 4, ... up to the first power of two >= `most`."""
     return [1 << i for i in range((most - 1).bit_length() + 1)]
 
 
 Prepare = Callable[[Step], Step]  # turns a pass over static inputs into its fast version
+PAD_ROOM = 32  # positions a padded cache keeps past its capacity, so a larger draft cap needs no new cache
 
 
 class PaddedRunner(StaticRunner):
@@ -192,17 +198,27 @@ class PaddedRunner(StaticRunner):
     the bookkeeping without a GPU).
     """
 
-    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, buckets: list[int],
-                 prepare: Prepare) -> None:
+    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, most: int, prepare: Prepare,
+                 bucketing: Callable[[int], list[int]] = buckets_for) -> None:
         super().__init__(model, vocab, context)
-        self.buckets = buckets
+        self.bucketing = bucketing
+        self.buckets = bucketing(most)
         self.prepare = prepare
         self.steps: dict[int, tuple[torch.Tensor, torch.Tensor, Step]] = {}  # size -> host and device inputs, step
         self.pad = 0  # pad positions at the cache's end, dropped before the next pass
+        self.pad_room = 0  # pad positions the cache has room for
 
     def allocate(self, capacity: int) -> None:
-        super().allocate(capacity + self.buckets[-1])  # room for the pads of a full-length pass
+        self.pad_room = max(self.buckets[-1], PAD_ROOM)
+        super().allocate(capacity + self.pad_room)  # room for the pads of a full-length pass
         self.steps.clear()  # prepared steps point at the old cache
+
+    def widen(self, most: int) -> None:
+        """Make passes of up to `most` tokens padded too (prepared steps stay valid)."""
+        if most > self.buckets[-1]:
+            self.buckets = sorted(set(self.buckets) | set(self.bucketing(most)))
+            if self.buckets[-1] > self.pad_room:
+                self.capacity = 0  # the next start reallocates, with room for the longer pads
 
     def feed(self, ids: list[int], keep: int) -> Pass:
         self.rewind_pads()
@@ -312,5 +328,6 @@ def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, c
         return DynamicRunner(model, vocab)
     if fast_path == "static":
         return StaticRunner(model, vocab, context)
-    prepare = cuda_graph if fast_path == "graph" else compiled
-    return PaddedRunner(model, vocab, context, buckets_for(most), prepare)
+    if fast_path == "graph":
+        return PaddedRunner(model, vocab, context, most, cuda_graph)
+    return PaddedRunner(model, vocab, context, most, compiled, powers_of_two)  # each shape costs a compilation

@@ -105,6 +105,8 @@ def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_pat
     (["tune", "--policy", "bild", "--objectives", "speed"], "use speedup,quality"),
     (["tune", "--policy", "bild", "--max-quality-drop", "1"], "use --objectives speedup"),
     (["bench", "--methods", "large,bogus"], "unknown method 'bogus'"),
+    (["bench", "--fast-path", "graph"], "needs a CUDA GPU"),
+    (["bench", "--methods", "large@fast_path=warp"], "fast_path: Input should be"),
     (["bench", "--json", "/dev/null/out.json"], "cannot create the folder"),
 ])
 def test_bench_and_tune_errors_are_one_line(dirs, prompts_file, tmp_path, args, message):

@@ -10,8 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 from bild.config import GenerationConfig
+from bild.costs import CostModel
 from bild.errors import BildError
-from bild.lab.measure import Measurement, Method, Results, machine_info, measure, peak_memory, summarize
+from bild.lab.measure import (
+    Measurement,
+    Method,
+    Results,
+    fast_path_of,
+    machine_info,
+    measure,
+    peak_memory,
+    summarize,
+)
 from bild.lab.report import ReportWriter
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
@@ -41,15 +51,20 @@ def restore(records: list[dict[str, Any]]) -> Results:
 def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
               repeats: int = 1, out: str | None = None, setup: dict[str, Any] | None = None,
               inputs: list[str | None] = (), overwrite: bool = False, progress: bool = True,
-              ) -> tuple[dict[str, Any], Results]:
-    """Measure every method on every example; return (and write, as it goes) the report and the results."""
+              costs: CostModel | None = None) -> tuple[dict[str, Any], Results]:
+    """Measure every method on every example; return (and write, as it goes) the report and the results.
+
+    With a cost model, methods that ran on its fast path also get their modelled speedup over `large`.
+    """
     if not examples:
         raise BildError("no prompts to bench: give at least one")
+    fast_paths = {m.name: fast_path_of(pair, m, config) for m in methods}
     setup = {**(setup or {}), "methods": [m.name for m in methods], "n": len(examples), "repeats": repeats,
              "generation": config.model_dump(), "prompt_ids": [e.id for e in examples]}
     writer = ReportWriter(out, setup, inputs, overwrite)
     report: dict[str, Any] = {"machine": machine_info(pair), "setup": setup, "methods": {}, "notes": [],
-                              "complete": False, "prompts_done": 0}
+                              "complete": False, "prompts_done": 0, "fast_paths": fast_paths,
+                              "cost_model": costs.model_dump() if costs else None}
 
     def record(i: int, results: Results) -> None:
         example = examples[i]
@@ -58,13 +73,14 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
             writer.sample({"index": i, "id": example.id, "method": m.name, "prompt": example.prompt,
                            "reference": example.reference, "seconds": x.seconds, "text": x.text,
                            "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None})
-        report.update(methods=summarize(methods, results, examples), prompts_done=i + 1, memory=peak_memory())
+        report.update(methods=summarize(methods, results, examples, costs, fast_paths), prompts_done=i + 1,
+                      memory=peak_memory())
         writer.summary(report)
 
     try:
         results = measure(pair, examples, methods, config, repeats, done=restore(writer.done), on_prompt=record,
                           progress=progress)
-        rows = summarize(methods, results, examples)
+        rows = summarize(methods, results, examples, costs, fast_paths)
         report.update(methods=rows, prompts_done=len(examples), memory=peak_memory(), notes=notes_for(rows),
                       complete=True)
         writer.summary(report)
@@ -81,13 +97,14 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    headers = ["method", "tok/s", "x large", "x large-hf", "chrF", "BLEU", "agree", "exact",
+    headers = ["method", "tok/s", "x large", "modelled", "x large-hf", "chrF", "BLEU", "agree", "exact",
                "fallback", "rollback", "acc.len", "calls/tok"]
     rows = []
     for name, r in report["methods"].items():
         st = r["stats"] or {}
         rows.append([name, _fmt(r["tokens_per_s"], ".1f"), _fmt(r["speedup_vs_large"], ".2f"),
-                     _fmt(r["speedup_vs_large_hf"], ".2f"), _fmt(r["chrf"], ".1f"), _fmt(r["bleu"], ".1f"),
+                     _fmt(r["modelled_speedup_vs_large"], ".2f"), _fmt(r["speedup_vs_large_hf"], ".2f"),
+                     _fmt(r["chrf"], ".1f"), _fmt(r["bleu"], ".1f"),
                      _fmt(r["agreement_with_large"], ".3f"), _fmt(r["exact_match_with_large"], ".2f"),
                      _fmt(st.get("fallback_rate"), ".2f"), _fmt(st.get("rollback_rate"), ".2f"),
                      _fmt(st.get("mean_accepted_draft_length"), ".2f"), _fmt(st.get("large_calls_per_token"), ".2f")])

@@ -10,6 +10,7 @@ run. Passes go through the same runners (fast path, static buffers, graphs) as d
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -19,8 +20,10 @@ from tqdm.auto import tqdm
 from bild.config import GenerationConfig
 from bild.costs import CostModel, PassCosts
 from bild.engine import generate, runner_for
+from bild.errors import BildError
 from bild.forward import Runner, resolve_fast_path
 from bild.lab.measure import pair_identity
+from bild.lab.options import RunOptions
 from bild.pair import ModelPair
 
 CONTEXT = 128  # tokens before the timed passes: a typical prompt
@@ -73,6 +76,23 @@ def costs_identity(pair: ModelPair, config: GenerationConfig) -> dict:
     """What a cost model's figures are valid for."""
     fast_path = resolve_fast_path(config.fast_path, {"small": pair.small, "large": pair.large}, pair.device)
     return {**pair_identity(pair), "fast_path": fast_path, "torch": torch.__version__}
+
+
+def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
+    """The cost model a bench or study uses: the file given (checked against this setup), else this pair
+    calibrated here and now."""
+    if options.cost_model is None:
+        return calibrate(pair, options.generation, progress=False)
+    costs = CostModel.load(options.cost_model)
+    differ = costs.mismatch(costs_identity(pair, options.generation))
+    if differ and not options.force_cost_model:
+        raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
+                        f"({', '.join(f'{k}={costs.identity[k]}' for k in differ)}): calibrate this setup with "
+                        "`bild calibrate`, or pass --force-cost-model to use it anyway")
+    if differ:
+        print(f"warning: using cost model {options.cost_model} measured with another {', '.join(differ)}",
+              file=sys.stderr)
+    return costs
 
 
 @torch.inference_mode()

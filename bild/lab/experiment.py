@@ -167,6 +167,7 @@ def logger_for(options: RunOptions, group: str):
 
 def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.bench import format_table, plot, run_bench
+    from bild.lab.calibrate import cost_model_for
     from bild.lab.measure import parse_methods
 
     methods = parse_methods(options.methods, options.params)
@@ -175,7 +176,8 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
-                                inputs=[options.prompts], overwrite=options.overwrite)
+                                inputs=[options.prompts], overwrite=options.overwrite,
+                                costs=cost_model_for(options, pair))
     report["context"] = context(options, pair)
     print(format_table(report))
     if options.plot:

@@ -30,16 +30,19 @@ from typing import Any, NamedTuple
 
 import torch
 import transformers
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bild.config import GenerationConfig
+from bild.costs import CostModel
 from bild.engine import encode_prompt, generate, generate_single
 from bild.errors import BildError, unknown_name
+from bild.forward import resolve_fast_path
 from bild.lab.metrics import exact_match, reference_metrics, token_agreement
 from bild.lab.options import BASELINES, DISTRIBUTION, parse_pairs
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.policy import Policy
+from bild.registry import describe_errors
 from bild.stats import GenerationStats
 from bild.stopping import trim_text
 
@@ -51,27 +54,46 @@ class Method(BaseModel):
 
     name: str
     policy: Policy | None = None
+    generation: dict[str, Any] = {}  # settings of this method that differ from the bench's (e.g. fast_path)
+
+    @property
+    def baseline(self) -> str:
+        return self.name.split("@")[0]
+
+    def config(self, config: GenerationConfig) -> GenerationConfig:
+        return config.model_validate({**config.model_dump(), **self.generation}) if self.generation else config
 
 
 def parse_methods(text: str, params: dict[str, Any] | None = None) -> list[Method]:
-    """`"large,exact,bild@fallback_threshold=0.3"` -> methods; `params` apply to every policy having them."""
+    """`"large,exact,bild@fallback_threshold=0.3"` -> methods; `params` apply to every policy having them.
+
+    An override naming a generation setting applies to that method only: `large@fast_path=off`.
+    """
     from policies import list_policies, make_policy, policy_class
 
     params = params or {}
     methods = []
     for item in filter(None, (s.strip() for s in text.split(","))):
-        base, *overrides = item.split("@")
+        base, *rest = item.split("@")
+        overrides = parse_pairs(rest, f"method {item!r}: override")
+        generation = {k: v for k, v in overrides.items() if k in GenerationConfig.model_fields}
+        try:
+            GenerationConfig.model_validate({**GenerationConfig().model_dump(), **generation})
+        except ValidationError as e:
+            raise BildError(f"method {item!r}: {describe_errors(e, GenerationConfig)}") from None
+        own = {k: v for k, v in overrides.items() if k not in generation}
         if base in BASELINES:
-            if overrides:
-                raise BildError(f"method {item!r}: baselines take no parameters")
-            methods.append(Method(name=item))
+            if own:
+                raise BildError(f"method {item!r}: baselines take no policy parameters, only generation settings "
+                                "such as fast_path")
+            methods.append(Method(name=item, generation=generation))
             continue
         try:
             cls = policy_class(base)
         except BildError:
             raise unknown_name("method", base, [*BASELINES, *list_policies()]) from None
         shared = {k: v for k, v in params.items() if k in cls.model_fields}
-        methods.append(Method(name=item, policy=make_policy(base, {**shared, **parse_pairs(overrides)})))
+        methods.append(Method(name=item, policy=make_policy(base, {**shared, **own}), generation=generation))
     if not methods:
         raise BildError("no methods given: e.g. --methods large,large-hf,exact,bild")
     names = [m.name for m in methods]
@@ -112,20 +134,21 @@ def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, metho
 
 def method_runner(pair: ModelPair, method: Method, config: GenerationConfig) -> Run:
     """A function prompt ids -> output; a policy's state lives as long as the function."""
+    config = method.config(config)
     if method.policy is not None:
         policy, state = method.policy, method.policy.new_state()
 
         def run(ids: list[int]) -> Output:
             r = generate(pair, ids, policy, config, state=state)
             return Output(r.token_ids, r.text, r.stats)
-    elif method.name in ("large", "small"):
+    elif method.baseline in ("large", "small"):
         def run(ids: list[int]) -> Output:
-            r = generate_single(pair, ids, method.name, config)
+            r = generate_single(pair, ids, method.baseline, config)
             return Output(r.token_ids, r.text, r.stats)
     else:
         def run(ids: list[int]) -> Output:
             with torch.inference_mode():
-                tokens = hf_generate(pair, ids, config, method.name)
+                tokens = hf_generate(pair, ids, config, method.baseline)
             return Output(tokens, trim_text(pair.tokenizer.decode(tokens, skip_special_tokens=True),
                                             config.stop_strings), None)
     return run
@@ -143,6 +166,7 @@ class Measurement(BaseModel):
     tokens: list[int]
     text: str
     stats: GenerationStats | None = None
+    peak_gpu_mib: float | None = None  # GPU memory at its peak during these runs (CUDA only)
 
 
 def timed(run: Run, ids: list[int]) -> tuple[float, Output]:
@@ -157,12 +181,16 @@ def timed(run: Run, ids: list[int]) -> tuple[float, Output]:
 
 
 def measure_prompt(run: Run, example_id: str, method: str, ids: list[int], repeats: int) -> Measurement:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     times, out = [], None
     for _ in range(repeats):
         seconds, out = timed(run, ids)
         times.append(seconds)
     return Measurement(id=example_id, method=method, seconds=statistics.median(times), tokens=out.tokens,
-                       text=out.text, stats=out.stats)
+                       text=out.text, stats=out.stats,
+                       peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
 
 
 Results = dict[str, list[Measurement]]  # method name -> one measurement per prompt, in prompt order
@@ -207,6 +235,14 @@ def tokens_per_second(measurements: list[Measurement]) -> float:
     return sum(len(m.tokens) for m in measurements) / max(sum(m.seconds for m in measurements), 1e-9)
 
 
+def speedup(found: list[Measurement], base: list[Measurement], costs: CostModel | None = None) -> float:
+    """Tokens per unit of time of `found` over `base` (the same prompts): modelled by `costs` when given,
+    else measured on the clock."""
+    if costs is not None:
+        found, base = ([m.model_copy(update={"seconds": costs.seconds(m.stats)}) for m in ms] for ms in (found, base))
+    return tokens_per_second(found) / tokens_per_second(base)
+
+
 def total_stats(stats: list[GenerationStats]) -> GenerationStats:
     """The sum of many generations' statistics (histograms added key by key)."""
     total = GenerationStats()
@@ -244,9 +280,18 @@ def quality(measurements: list[Measurement], examples: list[Example], anchor: li
     return q
 
 
-def summarize(methods: list[Method], results: Results, examples: list[Example]) -> dict[str, dict[str, Any]]:
-    """One row per method: speed, speedups over the single-model baselines, quality, policy statistics."""
+def fast_path_of(pair: ModelPair, method: Method, config: GenerationConfig) -> str:
+    return resolve_fast_path(method.config(config).fast_path, {"small": pair.small, "large": pair.large}, pair.device)
+
+
+def summarize(methods: list[Method], results: Results, examples: list[Example],
+              costs: CostModel | None = None, fast_paths: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """One row per method: speed, speedups over the single-model baselines (measured, and modelled by
+    `costs` for the methods that ran on its fast path, `fast_paths` naming each method's), quality,
+    policy statistics."""
     tps = {m.name: tokens_per_second(results[m.name]) for m in methods}
+    priced = {m.name for m in methods if costs and results[m.name] and results[m.name][0].stats is not None
+              and (fast_paths or {}).get(m.name) == costs.identity.get("fast_path")}
     anchor = next((results[b] for b in ("large", "large-hf") if b in results), None)
     rows = {}
     for m in methods:
@@ -257,9 +302,13 @@ def summarize(methods: list[Method], results: Results, examples: list[Example]) 
             "seconds": sum(x.seconds for x in done),
             "speedup_vs_large": tps[m.name] / tps["large"] if "large" in tps else None,
             "speedup_vs_large_hf": tps[m.name] / tps["large-hf"] if "large-hf" in tps else None,
+            "modelled_speedup_vs_large": speedup(done, results["large"][: len(done)], costs)
+            if m.name in priced and "large" in priced else None,
             "chrf": q["chrf"], "bleu": q["bleu"], "rouge_l": q["rouge_l"],
             "agreement_with_large": q["agreement"], "exact_match_with_large": q["exact_match"],
             "params": m.policy.params() if m.policy else None,
+            "generation": m.generation or None,
+            "peak_gpu_mib": max((x.peak_gpu_mib for x in done if x.peak_gpu_mib is not None), default=None),
             "stats": policy_stats([x.stats for x in done]) if done and done[0].stats is not None else None,
         }
     return rows

@@ -80,20 +80,26 @@ def load_jsonl(path: str | Path) -> list[Example]:
 # --- pycode ----------------------------------------------------------------------------------
 
 
-def pycode_examples(n: int) -> list[Example]:
-    """`n` completion prompts from held-out stdlib files, one per file, at a hash-chosen offset."""
+def code_examples(files: list[Path], n: int, names: dict[Path, str] | None = None) -> list[Example]:
+    """`n` completion prompts, one per file, each at an offset chosen by a hash of the file's name."""
     examples = []
     size = PYCODE_PROMPT_CHARS + PYCODE_REFERENCE_CHARS
-    for path, text in read_texts(stdlib_files(held_out=True)):
+    for path, text in read_texts(files):
         if len(text) < 2 * size:
             continue
-        digest = int(hashlib.sha256(path.name.encode()).hexdigest(), 16)
-        start = digest % (len(text) - size)
+        name = (names or {}).get(path, path.name)
+        start = int(hashlib.sha256(name.encode()).hexdigest(), 16) % (len(text) - size)
         window = text[start: start + size]
-        examples.append(Example(id=f"{path.name}@{start}", prompt=window[:PYCODE_PROMPT_CHARS],
-                                reference=window[PYCODE_PROMPT_CHARS:], meta={"source": path.name}))
+        examples.append(Example(id=f"{name}@{start}", prompt=window[:PYCODE_PROMPT_CHARS],
+                                reference=window[PYCODE_PROMPT_CHARS:], meta={"source": name}))
         if len(examples) == n:
             break
+    return examples
+
+
+def pycode_examples(n: int) -> list[Example]:
+    """`n` completion prompts from held-out stdlib files."""
+    examples = code_examples(stdlib_files(held_out=True), n)
     if not examples:
         raise BildError("no held-out Python standard library files found for the pycode task")
     return examples

@@ -48,6 +48,7 @@ from bild.lab.measure import (
     measure,
     policy_stats,
     quality,
+    speedup,
     summarize,
     tokens_per_second,
 )
@@ -188,14 +189,6 @@ def shared_value(study: optuna.Study, key: str, compute: Any) -> Any:
 # --- measuring ---------------------------------------------------------------------------------------
 
 
-def speedup(costs: CostModel | None, trial: list[Measurement], base: list[Measurement]) -> float:
-    """Tokens per unit of time of `trial` over `base` (the same prompts): modelled when `costs` is given."""
-    if costs is None:
-        return tokens_per_second(trial) / tokens_per_second(base)
-    modelled = [m.model_copy(update={"seconds": costs.seconds(m.stats)}) for m in (*trial, *base)]
-    return tokens_per_second(modelled[: len(trial)]) / tokens_per_second(modelled[len(trial):])
-
-
 class Study:
     """One worker's view of a study: what every trial is measured and scored against."""
 
@@ -226,7 +219,7 @@ class Study:
 
         def report_prompt(i: int, results: Results) -> None:
             if single:  # per-prompt speedup: the pruner's steps
-                trial.report(speedup(self.costs, results[self.options.policy][i: i + 1], self.base[i: i + 1]), i)
+                trial.report(speedup(results[self.options.policy][i: i + 1], self.base[i: i + 1], self.costs), i)
                 if trial.should_prune():
                     raise optuna.TrialPruned
 
@@ -247,8 +240,8 @@ class Study:
         value = q[metric]
         drop = None if pruned else self.base_quality[metric] - value
         stats = policy_stats([m.stats for m in done])
-        attrs = {"params": self.method(params).policy.params(), "speedup": speedup(self.costs, done, base),
-                 "measured_speedup": tokens_per_second(done) / tokens_per_second(base),
+        attrs = {"params": self.method(params).policy.params(), "speedup": speedup(done, base, self.costs),
+                 "measured_speedup": speedup(done, base),
                  "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
                  "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
                                                  "large_calls_per_token", "mean_accepted_draft_length")}}
@@ -377,28 +370,10 @@ def machine_key(pair: ModelPair) -> str:
     return f"baseline@{socket.gethostname()}/{info.get('gpu', info['processor'])}/{info['dtype']}"
 
 
-def load_costs(options: TuneOptions, pair: ModelPair) -> CostModel:
-    """The cost model a study scores with: the file given (checked against this setup), else this
-    pair calibrated here."""
-    from bild.lab.calibrate import calibrate, costs_identity
-
-    if options.cost_model is None:
-        return calibrate(pair, options.generation, progress=False)
-    costs = CostModel.load(options.cost_model)
-    differ = costs.mismatch(costs_identity(pair, options.generation))
-    if differ and not options.force_cost_model:
-        raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
-                        f"({', '.join(f'{k}={costs.identity[k]}' for k in differ)}): calibrate this setup with "
-                        "`bild calibrate`, or pass --force-cost-model to use it anyway")
-    if differ:
-        print(f"warning: using cost model {options.cost_model} measured with another {', '.join(differ)}",
-              file=sys.stderr)
-    return costs
-
-
 def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
              setup: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
     """Join (or create) the study, run trials until it holds `options.trials`, report its front."""
+    from bild.lab.calibrate import cost_model_for
     from policies import policy_class
 
     space = SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
@@ -410,7 +385,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     study = open_study(options, open_storage(options), space, setup)
     costs = None
     if options.objective == "modelled":
-        costs = CostModel(**shared_value(study, "cost_model", lambda: load_costs(options, pair).model_dump()))
+        costs = CostModel(**shared_value(study, "cost_model", lambda: cost_model_for(options, pair).model_dump()))
     key = "baseline" if options.objective == "modelled" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
