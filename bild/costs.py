@@ -60,6 +60,15 @@ class CostModel(BaseModel):
             total += sum(c * costs.pass_seconds(int(n)) for n, c in getattr(stats, f"{which}_passes").items())
         return total + self.overhead_per_pass * (stats.small_calls + stats.large_calls)
 
+    @classmethod
+    def prior(cls, small_layers: int, large_layers: int) -> CostModel:
+        """A guess before any calibration: a pass costs its model's depth (batch-1 decoding is bound by
+        per-layer work and launches more than by width), a longer pass 5% more per extra token."""
+        def costs(layers: int) -> PassCosts:
+            return PassCosts(passes=[layers * (1 + 0.05 * i) for i in range(16)], prefill=(layers, 0.05 * layers))
+
+        return cls(small=costs(small_layers), large=costs(large_layers), identity={"prior": True})
+
     @property
     def ratio(self) -> float:
         """A one-token small pass over a one-token large pass: how cheap a draft is."""

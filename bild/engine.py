@@ -2,8 +2,9 @@
 
     generate(pair, prompt, policy, config)
         start   encode the prompt; reset each model's long-lived runner (bild/forward.py)
-        draft   the small model proposes tokens, one pass each, until the policy falls back, the
-                cap on consecutive drafts is hit, the draft is EOS or max_new_tokens is reached
+        draft   the small model proposes tokens, one pass each, until the policy falls back (the
+                draft is discarded) or stops drafting (the draft is kept), the cap on consecutive
+                drafts is hit, the draft is EOS or max_new_tokens is reached
         verify  the large model runs ONCE over every position it has not seen (its previous
                 token and the pending drafts); the policy's rollback says how many drafts
                 survive; the large model's token is appended after them (its argmax, or a draw
@@ -33,7 +34,7 @@ from bild.errors import BildError
 from bild.forward import PaddedRunner, Runner, make_runner, resolve_fast_path
 from bild.observer import Observer
 from bild.pair import ModelPair
-from bild.policy import DraftStep, History, Outcome, Policy, StopReason, Verdict, Verification
+from bild.policy import Context, DraftStep, History, Outcome, Policy, StopReason, Verdict, Verification
 from bild.registry import describe_errors, make_policy
 from bild.sampling import Sampler
 from bild.stats import GenerationResult, StatsRecorder
@@ -99,9 +100,9 @@ def encode_prompt(pair: ModelPair, prompt: Prompt, max_new_tokens: int) -> list[
     return ids
 
 
-def checked_fallback(policy: Policy, decision: Any) -> bool:
+def checked_fallback(policy: Policy, decision: Any, method: str = "fallback") -> bool:
     if not isinstance(decision, bool) and type(decision).__name__ != "bool_":  # numpy's bool too
-        raise BildError(f"policy {type(policy).__name__}.fallback returned {decision!r} "
+        raise BildError(f"policy {type(policy).__name__}.{method} returned {decision!r} "
                         f"({type(decision).__name__}); it must return True or False")
     return bool(decision)
 
@@ -156,6 +157,7 @@ class Generation:
         self.sampler = Sampler(config, pair.device)
         self.history = History(self.seq, self.begin)
         self.state = state
+        self.context = Context(self.sampler, self.history, state, pair.costs)
         self.recorder = StatsRecorder()
         self.observers = [self.recorder, *observers]
         self.cut: int | None = None
@@ -196,7 +198,7 @@ def draft(g: Generation) -> tuple[list[DraftStep], StopReason]:
             return steps, "cap"
         if g.new_tokens >= g.config.max_new_tokens:
             return steps, "length"
-        step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.sampler, g.history, g.state)
+        step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.context)
         fallback = checked_fallback(g.policy, g.policy.fallback(step))
         for observer in g.observers:
             observer.after_draft(step, fallback)
@@ -206,6 +208,8 @@ def draft(g: Generation) -> tuple[list[DraftStep], StopReason]:
         steps.append(step)
         if step.token in g.stopper.eos_ids:
             return steps, "eos"
+        if checked_fallback(g.policy, g.policy.stop_drafting(step), "stop_drafting"):
+            return steps, "stop"
 
 
 def verify(g: Generation, steps: list[DraftStep], reason: StopReason) -> bool:
@@ -213,8 +217,7 @@ def verify(g: Generation, steps: list[DraftStep], reason: StopReason) -> bool:
     rewind; whether generation must stop."""
     n = len(steps)
     checked = g.new_tokens - n  # committed before these drafts, already checked for stops
-    verification = Verification(steps, g.decoders["large"].catch_up(g.seq, n + 1), checked, g.sampler,
-                                g.history, g.state)
+    verification = Verification(steps, g.decoders["large"].catch_up(g.seq, n + 1), checked, g.context)
     kept, resample = checked_rollback(g.policy, g.policy.rollback(verification) if n else 0, n, g.pair.vocab_size)
     if g.sampler.greedy and resample is None:
         token = verification.large_tokens[kept]

@@ -33,6 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bild.costs import CostModel
 from bild.errors import BildError
 
 DTYPES = {
@@ -195,6 +196,7 @@ class ModelPair:
     small_name: str = "small"
     large_name: str = "large"
     runners: dict = field(default_factory=dict, repr=False)  # (model, fast path) -> bild.forward.Runner
+    cost_model: CostModel | None = None  # set by `bild calibrate`/bench/tune; policies read it as `step.costs`
 
     def __post_init__(self) -> None:
         self.vocab_size = check_models(self.small, self.large, len(self.tokenizer))
@@ -211,6 +213,14 @@ class ModelPair:
     @property
     def encoder_decoder(self) -> bool:
         return bool(self.large.config.is_encoder_decoder)
+
+    @property
+    def costs(self) -> CostModel:
+        """The calibrated cost model, else a prior from the two models' depths."""
+        if self.cost_model is None:
+            depth = [m.config.get_text_config(decoder=True).num_hidden_layers for m in (self.small, self.large)]
+            self.cost_model = CostModel.prior(*depth)
+        return self.cost_model
 
     @staticmethod
     def context_length(model: PreTrainedModel) -> int | None:

@@ -17,7 +17,8 @@ default, in the spirit of Optuna's `before_trial`/`after_trial`:
     after_verification(state, verification, outcome) a verification finished, with its outcome
 
 and every view carries it as `.state`, beside `.history` (what happened earlier in this
-generation). Views compute derived quantities lazily and at most once; the per-row summary
+generation) and `.costs` (what a pass of each model costs: the pair's calibrated cost model, or
+a prior from the models' depths). Views compute derived quantities lazily and at most once; the per-row summary
 (argmax, max probability, entropy, the drafts' NLL) comes with the pass, computed on the device
 and copied to the host once, so reading it costs nothing more.
 """
@@ -32,10 +33,11 @@ from typing import Any, ClassVar, Literal, NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from bild.costs import CostModel
 from bild.forward import Pass
 from bild.sampling import Sampler
 
-StopReason = Literal["fallback", "cap", "eos", "length"]
+StopReason = Literal["fallback", "stop", "cap", "eos", "length"]
 
 
 class Outcome(NamedTuple):
@@ -69,17 +71,44 @@ class History:
         self.outcomes.append(outcome)
 
 
-class DraftStep:
+class Context(NamedTuple):
+    """What every view of one generation shares."""
+
+    sampler: Sampler
+    history: History
+    state: Any  # the policy's state (see `Policy.new_state`)
+    costs: CostModel  # what a pass of each model costs (calibrated, or a prior from the models' depths)
+
+
+class View:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    @property
+    def sampler(self) -> Sampler:
+        return self.context.sampler
+
+    @property
+    def history(self) -> History:
+        return self.context.history
+
+    @property
+    def state(self) -> Any:
+        return self.context.state
+
+    @property
+    def costs(self) -> CostModel:
+        return self.context.costs
+
+
+class DraftStep(View):
     """What the small model predicts for the next token."""
 
-    def __init__(self, out: Pass, pending: int, position: int, sampler: Sampler, history: History,
-                 state: Any) -> None:
-        self.out = out  # the pass; row 0 predicts the next token
+    def __init__(self, out: Pass, pending: int, position: int, context: Context) -> None:
+        super().__init__(context)
+        self.out = out  # the pass; its last row predicts the next token
         self.pending = pending  # draft tokens since the large model last ran
         self.position = position  # new tokens so far, pending drafts included
-        self.sampler = sampler
-        self.history = history
-        self.state = state
 
     @property
     def logits(self) -> torch.Tensor:  # [V]
@@ -127,18 +156,15 @@ class Verdict(NamedTuple):
     correction: torch.Tensor | None = None  # [V]
 
 
-class Verification:
+class Verification(View):
     """The pending drafts and the large model's predictions at each of their positions."""
 
-    def __init__(self, steps: list[DraftStep], out: Pass, position: int, sampler: Sampler, history: History,
-                 state: Any) -> None:
+    def __init__(self, steps: list[DraftStep], out: Pass, position: int, context: Context) -> None:
+        super().__init__(context)
         self.steps = steps  # the n draft steps, in order
         self.draft_tokens = [s.token for s in steps]  # [n] tokens the small model drafted
         self.out = out  # rows 0..n of the large model's pass: row i predicts draft i, row n the next token
         self.position = position  # new tokens before the first draft
-        self.sampler = sampler
-        self.history = history
-        self.state = state
 
     @property
     def n(self) -> int:
@@ -192,8 +218,9 @@ class Verification:
 class Policy(BaseModel, ABC):
     """Base class of every policy: subclass it, declare parameters as fields, implement both rules.
 
-    Optional: `new_state` and the hooks `before_generation` / `after_verification` for a policy
-    that keeps state; `describe` for its line in `bild policies` (default: the class docstring).
+    Optional: `stop_drafting` (keep a draft, but verify now); `new_state` and the hooks
+    `before_generation` / `after_verification` for a policy that keeps state; `describe` for its
+    line in `bild policies` (default: the class docstring).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -203,6 +230,15 @@ class Policy(BaseModel, ABC):
     @abstractmethod
     def fallback(self, step: DraftStep) -> bool:
         """True to discard this draft and let the large model produce the next token."""
+
+    def stop_drafting(self, step: DraftStep) -> bool:
+        """Asked after a draft is kept: True to verify the pending drafts now, this one included.
+
+        Optional (default False: draft until `fallback`). Where a verification pass grows little
+        with its length (a GPU), keeping a doubtful draft and verifying it costs less than the
+        small-model pass that `fallback` throws away.
+        """
+        return False
 
     @abstractmethod
     def rollback(self, verification: Verification) -> int | Verdict:

@@ -13,7 +13,7 @@ from bild.registry import (
     register_policy,
     unregister_policy,
 )
-from policies import bild, exact, learned, uncertainty  # noqa: F401  (registers the built-ins)
+from policies import adaptive, bild, exact, learned, uncertainty  # noqa: F401  (registers the built-ins)
 
 __all__ = ["ENTRY_POINT_GROUP", "list_policies", "make_policy", "policy_class", "register_policy",
            "unregister_policy"]

@@ -15,7 +15,7 @@ from policies import ENTRY_POINT_GROUP, list_policies, make_policy, policy_class
 
 
 def test_builtins_are_registered_with_bounded_parameters():
-    assert {"bild", "exact", "entropy", "topk-margin", "learned"} <= set(list_policies())
+    assert {"bild", "exact", "entropy", "topk-margin", "learned", "adaptive"} <= set(list_policies())
     for name in ("bild", "exact", "entropy", "topk-margin", "learned"):
         cls = policy_class(name)
         for key, field in cls.model_fields.items():
@@ -37,7 +37,7 @@ def test_parameters_are_validated_and_serialised():
 
 
 def test_unknown_policy_lists_close_matches():
-    with pytest.raises(BildError, match=r"did you mean 'exact'\?.*known policies: bild, entropy, exact"):
+    with pytest.raises(BildError, match=r"did you mean 'exact'\?.*known policies: adaptive, bild, entropy, exact"):
         policy_class("exakt")
 
 

@@ -15,7 +15,6 @@ import time
 from datetime import datetime, timezone
 
 import torch
-from tqdm.auto import tqdm
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel, PassCosts
@@ -34,22 +33,28 @@ def _sync(pair: ModelPair) -> None:
         torch.cuda.synchronize(pair.device)
 
 
-def time_passes(runner: Runner, pair: ModelPair, lengths: list[int], repeats: int, context: int) -> list[float]:
-    """Median seconds of a pass feeding n tokens after `context` cached ones, for each n."""
-    ids = [(7 * i + 3) % pair.vocab_size for i in range(context + max(lengths))]
-    runner.start(context + max(lengths) + 1)
-    runner.feed(ids[:context], 1)
-    medians = []
-    for n in lengths:
-        times = []
-        for _ in range(repeats + 2):  # two warm-up passes (graph capture, allocations)
-            _sync(pair)
-            start = time.perf_counter()
-            runner.feed(ids[context: context + n], 1)
-            times.append(time.perf_counter() - start)
-            runner.rewind(n)
-        medians.append(statistics.median(times[2:]))
-    return medians
+def time_passes(runners: dict[str, Runner], lengths: dict[str, list[int]], pair: ModelPair, repeats: int,
+                context: int) -> dict[str, list[float]]:
+    """Median seconds of a pass feeding n tokens after `context` cached ones, per model and n.
+
+    Lengths and models are interleaved within each round, so a machine whose speed drifts slows
+    every length alike instead of skewing some.
+    """
+    longest = max(max(n) for n in lengths.values())
+    ids = [(7 * i + 3) % pair.vocab_size for i in range(context + longest)]
+    for runner in runners.values():
+        runner.start(context + longest + 1)
+        runner.feed(ids[:context], 1)
+    times: dict[tuple[str, int], list[float]] = {(w, n): [] for w in runners for n in lengths[w]}
+    for _ in range(repeats + 2):  # two warm-up rounds (graph capture, allocations)
+        for which, runner in runners.items():
+            for n in lengths[which]:
+                _sync(pair)
+                start = time.perf_counter()
+                runner.feed(ids[context: context + n], 1)
+                times[which, n].append(time.perf_counter() - start)
+                runner.rewind(n)
+    return {w: [statistics.median(times[w, n][2:]) for n in lengths[w]] for w in runners}
 
 
 def time_prefill(runner: Runner, pair: ModelPair, lengths: list[int], repeats: int) -> tuple[float, float]:
@@ -82,7 +87,7 @@ def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
     """The cost model a bench or study uses: the file given (checked against this setup), else this pair
     calibrated here and now."""
     if options.cost_model is None:
-        return calibrate(pair, options.generation, progress=False)
+        return calibrate(pair, options.generation)
     costs = CostModel.load(options.cost_model)
     differ = costs.mismatch(costs_identity(pair, options.generation))
     if differ and not options.force_cost_model:
@@ -95,8 +100,14 @@ def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
     return costs
 
 
+def pair_costs(options: RunOptions, pair: ModelPair) -> CostModel:
+    """`cost_model_for`, attached to the pair so policies read it (`step.costs`)."""
+    pair.cost_model = cost_model_for(options, pair)
+    return pair.cost_model
+
+
 @torch.inference_mode()
-def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 10, progress: bool = True) -> CostModel:
+def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20) -> CostModel:
     """Time this pair's passes on its device under `config`'s fast path and draft cap."""
     from policies import make_policy
 
@@ -104,14 +115,11 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 10, prog
     fast_path, cap = identity["fast_path"], config.draft_cap()
     context = min(CONTEXT, (pair.context_length(pair.large) or 4 * CONTEXT) // 2)
     prefill_lengths = [n for n in (16, 64, 128, 256) if n + 2 <= (pair.context_length(pair.large) or 1 << 30)]
-    costs = {}
-    bar = tqdm(total=2, desc="calibrating", unit="model", disable=not progress)
-    for which, most in (("small", 2), ("large", cap + 1)):
-        runner = runner_for(pair, which, fast_path, most)
-        passes = time_passes(runner, pair, list(range(1, most + 1)), repeats, context)
-        costs[which] = PassCosts(passes=passes, prefill=time_prefill(runner, pair, prefill_lengths, repeats))
-        bar.update()
-    bar.close()
+    runners = {"small": runner_for(pair, "small", fast_path, 2), "large": runner_for(pair, "large", fast_path, cap + 1)}
+    lengths = {"small": [1, 2], "large": list(range(1, cap + 2))}
+    passes = time_passes(runners, lengths, pair, repeats, context)
+    costs = {w: PassCosts(passes=passes[w], prefill=time_prefill(runners[w], pair, prefill_lengths, repeats))
+             for w in runners}
     ids = [(11 * i + 5) % pair.vocab_size for i in range(context)]
     run = generate(pair, ids, make_policy("exact"), config.model_copy(update={"max_new_tokens": 32}))
     s = run.stats

@@ -167,7 +167,7 @@ def logger_for(options: RunOptions, group: str):
 
 def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.bench import format_table, plot, run_bench
-    from bild.lab.calibrate import cost_model_for
+    from bild.lab.calibrate import pair_costs
     from bild.lab.measure import parse_methods
 
     methods = parse_methods(options.methods, options.params)
@@ -177,7 +177,7 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
                                 inputs=[options.prompts], overwrite=options.overwrite,
-                                costs=cost_model_for(options, pair))
+                                costs=pair_costs(options, pair))
     report["context"] = context(options, pair)
     print(format_table(report))
     if options.plot:

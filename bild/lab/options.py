@@ -127,7 +127,7 @@ class TuneOptions(RunOptions):
 class CalibrateOptions(Options):
     command: Literal["calibrate"] = "calibrate"
     out: str = Field(description="cost model JSON to write")
-    repeats: int = Field(10, ge=1, description="timed passes per length (the median is kept)")
+    repeats: int = Field(20, ge=1, description="timed passes per length (the median is kept)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 

@@ -386,6 +386,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     costs = None
     if options.objective == "modelled":
         costs = CostModel(**shared_value(study, "cost_model", lambda: cost_model_for(options, pair).model_dump()))
+        pair.cost_model = costs  # what policies that read costs (`adaptive`) see
     key = "baseline" if options.objective == "modelled" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,

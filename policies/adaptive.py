@@ -1,0 +1,117 @@
+"""`adaptive`: keep drafting while another draft is worth its cost; no thresholds to tune.
+
+Decoding runs in rounds: some drafts, then one verification. Over a run, what matters is the
+rate R = tokens per unit of time. A draft the small model just proposed, with `k` drafts pending,
+is worth keeping when what it adds is worth at least what it costs at that rate:
+
+    P(the pending drafts and this one all survive) >= R * (one more small pass + what one more
+                                                           token adds to the verification pass)
+
+with times in units of a one-token large pass (the pair's cost model, `step.costs`: calibrated by
+`bild calibrate`/bench/tune, else a prior from the models' depths). This is the optimal stopping
+rule of a renewal-reward process (stop when the marginal gain rate falls below the average
+rate), the idea behind SpecDec++'s and AdaEDL's stopping rules and transformers' online
+confidence threshold.
+
+What it learns, online, in its state (`new_state()`; one per run, so it carries across prompts):
+the probability that a draft survives given the small model's max probability (Beta counts in
+`BINS` bins, from the outcome of every verification: drafts up to the first rejected one), and
+the rate R (tokens over modelled time of the rounds so far). Everything is counted, nothing
+timed, so a run is reproducible from its seed and a fresh state.
+
+With the `exact` rollback rule (the default) the output is the large model's greedy output, only
+faster; with `nll` it is the paper's speed-quality trade-off with one knob, `rollback_threshold`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import Field
+
+from bild.policy import DraftStep, Outcome, Verification
+from bild.registry import register_policy
+from policies.rules import RulePolicy
+
+BINS = 20
+PRIOR = 2.0  # pseudo-observations behind each bin's starting guess (its max probability)
+
+
+@dataclass
+class AdaptiveState:
+    accepted: list[float] = field(default_factory=lambda: [PRIOR * (i + 0.5) / BINS for i in range(BINS)])
+    rejected: list[float] = field(default_factory=lambda: [PRIOR * (1 - (i + 0.5) / BINS) for i in range(BINS)])
+    tokens: float = 1.0  # tokens of the rounds so far (a prior of one round of large-only decoding)
+    cost: float = 1.0  # their modelled time, in one-token large passes
+    survival: float = 1.0  # probability that every pending draft survives
+    pending: list[int] = field(default_factory=list)  # the bins of the pending drafts
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.cost
+
+    def survives(self, bin_: int) -> float:
+        return self.accepted[bin_] / (self.accepted[bin_] + self.rejected[bin_])
+
+    @property
+    def mean_survival(self) -> float:
+        """How often a kept draft survives, over every draft judged so far."""
+        return sum(self.accepted) / (sum(self.accepted) + sum(self.rejected))
+
+
+def bin_of(max_prob: float) -> int:
+    return min(int(max_prob * BINS), BINS - 1)
+
+
+@register_policy("adaptive")
+class AdaptivePolicy(RulePolicy):
+    """Keep drafting while another draft's expected gain exceeds its cost, learned online: no thresholds."""
+
+    rollback_rule: Literal["nll", "exact", "rejection"] = Field(
+        "exact", description="exact (default): output equals the large model's; nll: the paper's trade-off, one "
+        "knob (rollback_threshold); rejection: speculative sampling",
+        json_schema_extra={"sampling_only": ["rejection"]})
+
+    def new_state(self) -> AdaptiveState:
+        return AdaptiveState()
+
+    def before_generation(self, state: AdaptiveState, prompt_ids: list[int]) -> None:
+        state.survival, state.pending = 1.0, []
+
+    def fallback(self, step: DraftStep) -> bool:
+        """Discard the draft when even verifying it with the pending ones is not worth its extra token."""
+        state, costs = step.state, step.costs
+        survival = state.survival * state.survives(bin_of(step.max_prob))
+        if survival < state.rate * self.verify_cost(costs, step.pending + 1):
+            return True
+        state.survival = survival
+        state.pending.append(bin_of(step.max_prob))
+        return False
+
+    def stop_drafting(self, step: DraftStep) -> bool:
+        """Verify now when a further draft, at the average survival, is not worth a small pass and a token."""
+        state, costs = step.state, step.costs
+        gain = state.survival * state.mean_survival
+        return gain < state.rate * (costs.small.pass_seconds(1) / costs.large.pass_seconds(1)
+                                    + self.verify_cost(costs, step.pending + 1))
+
+    @staticmethod
+    def verify_cost(costs, pending: int) -> float:
+        """What verifying one more draft adds to a verification of `pending` drafts, in one-token large passes."""
+        return max(costs.large.pass_seconds(pending + 2) - costs.large.pass_seconds(pending + 1), 0.0
+                   ) / costs.large.pass_seconds(1)
+
+    def after_verification(self, state: AdaptiveState, verification: Verification, outcome: Outcome) -> None:
+        for i, bin_ in enumerate(state.pending[: outcome.drafted]):
+            if i < outcome.kept:
+                state.accepted[bin_] += 1
+            else:  # the first rejected draft; later ones were never judged on their own
+                state.rejected[bin_] += 1
+                break
+        costs = verification.costs
+        small_passes = outcome.drafted + (outcome.reason == "fallback")  # a discarded draft cost a pass too
+        state.cost += (small_passes * costs.small.pass_seconds(1) + costs.large.pass_seconds(outcome.drafted + 1)
+                       ) / costs.large.pass_seconds(1)
+        state.tokens += outcome.kept + 1
+        state.survival, state.pending = 1.0, []
