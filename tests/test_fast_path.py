@@ -129,7 +129,7 @@ def test_the_step_compiles_without_graph_breaks(load_pair):
 
 def test_what_the_fast_path_cannot_serve_is_one_clear_error(load_pair, pair_dirs, tmp_path):
     pair = load_pair("llama", 1)
-    with pytest.raises(BildError, match="needs a CUDA GPU.*--fast-path static"):
+    with pytest.raises(BildError, match=r"needs a CUDA GPU.*--fast-path static"):
         generate(pair, "def add(", make_policy("exact"), GenerationConfig(fast_path="graph"))
     with pytest.raises(BildError, match="encoder-decoder models keep a dynamic cache; use --fast-path off"):
         generate(load_pair("t5", 1), "def add(", make_policy("exact"), GenerationConfig(fast_path="static"))
