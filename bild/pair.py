@@ -126,9 +126,10 @@ def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype:
     path, kwargs = source(name)
     try:
         model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs)
-    except (OSError, ValueError) as e:
-        raise BildError(f"could not load the weights of {name!r} as a {auto.__name__[4:]}: "
-                        f"{str(e).splitlines()[0]}") from e
+    except Exception as e:  # torn files, shapes that do not match config.json, ...: each has its own type
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BildError(f"could not load the weights of {name!r} as a {auto.__name__[4:]} ({first}); the files "
+                        "may be incomplete or not match config.json: copy or download the model again") from None
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -121,3 +121,51 @@ def test_pycode_examples_name_the_file_their_text_comes_from(tmp_path, monkeypat
     (example,) = tasks.pycode_examples(5)
     assert example.id.startswith("b_good.py@") and example.meta["source"] == "b_good.py"
     assert example.prompt in good.read_text()
+
+
+def test_a_rerun_resumes_and_a_changed_setup_is_refused(load_pair, examples, tmp_path):
+    pair, out = load_pair("llama"), tmp_path / "r.json"
+    generations = []
+
+    class Counting(NeverFallback):
+        def before_generation(self, state, prompt_ids):
+            generations.append(1)
+            if len(generations) == 4:  # warm-up, prompts 0 and 1, then the third prompt
+                raise KeyboardInterrupt
+
+    methods = [*parse_methods("large", {}), Method(name="counting", policy=Counting())]
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(pair, examples, methods, CFG, out=str(out), progress=False)
+    assert json.loads(out.read_text())["prompts_done"] == 2
+    generations.clear()
+    report, _ = run_bench(pair, examples, methods, CFG, out=str(out), progress=False)
+    assert report["complete"] and report["prompts_done"] == 4
+    assert len(generations) == 1 + 2  # warm-up and the two prompts not measured before
+    samples = [json.loads(line) for line in (tmp_path / "r.samples.jsonl").read_text().splitlines()]
+    assert sorted((s["index"], s["method"]) for s in samples) == sorted(
+        (i, m) for i in range(4) for m in ("large", "counting"))
+    assert all(s["prompt"] == examples[s["index"]].prompt for s in samples)
+    with pytest.raises(BildError, match=r"other settings \(generation differ"):
+        run_bench(pair, examples, methods, CFG.model_copy(update={"max_new_tokens": 5}), out=str(out), progress=False)
+    generations.clear()
+    report, _ = run_bench(pair, examples[:2], methods, CFG, out=str(out), progress=False, overwrite=True)
+    assert report["prompts_done"] == 2 and len(generations) == 3
+
+
+def test_a_second_writer_of_one_report_is_refused(load_pair, examples, tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "r.json.lock").write_text(str(holder.pid))
+        with pytest.raises(BildError, match=f"another bench \\(pid {holder.pid}\\) is writing"):
+            run_bench(load_pair("llama"), examples, parse_methods("large", {}), CFG, out=str(tmp_path / "r.json"),
+                      progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over
+    run_bench(load_pair("llama"), examples[:1], parse_methods("large", {}), CFG, out=str(tmp_path / "r.json"),
+              progress=False)
+    assert not (tmp_path / "r.json.lock").exists()

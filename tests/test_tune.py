@@ -161,3 +161,49 @@ def test_a_new_policy_is_tunable_with_no_extra_code(load_pair, examples, tmp_pat
         assert all(isinstance(r["keep"], int) for r in report["front"])
     finally:
         unregister_policy("test-cap")
+
+
+def test_a_resumed_study_never_replays_a_parameter_set(load_pair, examples, tmp_path):
+    pair = load_pair("llama", 1)
+    run_tune(options(tmp_path, study="replay", sampler="random"), pair, examples, OFF, SETUP)
+    run_tune(options(tmp_path, study="replay", sampler="random", trials=8), pair, examples, OFF, SETUP)
+    study = optuna.load_study(study_name="replay", storage=f"sqlite:///{tmp_path}/t.db")
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 8
+    keys = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(keys)) == 8  # the same seed, resumed: no set twice
+
+
+def test_workers_racing_for_a_value_all_use_the_stored_one(tmp_path):
+    import threading
+    import time
+
+    from bild.lab.tune import shared_value
+
+    storage = f"sqlite:///{tmp_path}/race.db"
+    optuna.create_study(study_name="race", storage=storage)
+    seen: dict[int, object] = {}
+
+    def worker(i: int) -> None:
+        study = optuna.load_study(study_name="race", storage=storage)
+        seen[i] = shared_value(study, "baseline", lambda: time.sleep(0.2) or f"measured by {i}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = optuna.load_study(study_name="race", storage=storage).user_attrs["baseline"]
+    assert set(seen.values()) == {stored}
+
+
+def test_conditional_parameters_are_sampled_only_where_they_apply(load_pair, examples, tmp_path):
+    report = run_tune(options(tmp_path, study="cond", trials=8, sampler="random"), load_pair("llama", 1), examples,
+                      OFF, SETUP)
+    assert report["finished_trials"] == 8
+    study = optuna.load_study(study_name="cond", storage=f"sqlite:///{tmp_path}/t.db")
+    rules = set()
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        rules.add(t.params["rollback_rule"])
+        assert ("rollback_threshold" in t.params) == (t.params["rollback_rule"] == "nll"), t.params
+    assert rules <= {"nll", "exact"}  # greedy decoding: `rejection` would be `exact` again

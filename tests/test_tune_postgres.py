@@ -67,8 +67,9 @@ def finish(proc: subprocess.Popen) -> str:
 
 
 def test_two_workers_share_one_study(worker_args, storage, tmp_path):
-    workers = [start_worker(worker_args, "--storage", storage, "--trials", "8", "--sampler-seed", str(i),
-                            out_dir=tmp_path) for i in range(2)]
+    # the same seed on both: they must still never evaluate one parameter set twice
+    workers = [start_worker(worker_args, "--storage", storage, "--trials", "8", "--sampler-seed", "0",
+                            "--sampler", "random", out_dir=tmp_path) for _ in range(2)]
     for w in workers:
         finish(w)
     study = optuna.load_study(study_name="shared", storage=storage)
@@ -76,7 +77,9 @@ def test_two_workers_share_one_study(worker_args, storage, tmp_path):
     assert len(finished) == 8  # the total, not 8 per worker
     assert len({t.number for t in finished}) == 8
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL}
-    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state == TrialState.FAIL)
+    assert all(t.user_attrs.get("surplus") or "duplicate_of" in t.user_attrs
+               for t in study.trials if t.state == TrialState.FAIL)
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 8
     assert {"baseline", "cost_model"} <= set(study.user_attrs)  # one of each, shared by the workers
 
 
@@ -120,3 +123,19 @@ def test_a_killed_workers_trial_is_retried_and_the_study_resumes(worker_args, st
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed[0].number]
     assert len(retried) == 1 and retried[0].params == killed[0].params
     assert retried[0].state in FINISHED
+
+
+def test_a_worker_restarted_at_once_waits_for_its_dead_trial_and_finishes(worker_args, storage, tmp_path):
+    victim = start_worker(worker_args, "--storage", storage, "--trials", "4", "--repeats", "40", "--heartbeat", "2",
+                          out_dir=tmp_path)
+    wait_for_a_fresh_trial(storage)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    # restarted at once: the dead trial still looks alive until its heartbeat is 4 s old
+    restarted = start_worker(worker_args, "--storage", storage, "--trials", "4", "--heartbeat", "2", out_dir=tmp_path)
+    out, err = restarted.communicate(timeout=300)
+    assert restarted.returncode == 0, err
+    assert "Traceback" not in err
+    study = optuna.load_study(study_name="shared", storage=storage)
+    assert len(study.get_trials(states=FINISHED)) == 4
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))

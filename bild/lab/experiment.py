@@ -24,6 +24,8 @@ from pydantic import TypeAdapter, ValidationError
 from bild.errors import BildError, unknown_name
 from bild.lab.options import BenchOptions, Experiment, Options, RunOptions, TuneOptions
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
 # --- loading ----------------------------------------------------------------------------------------
 
 
@@ -169,8 +171,13 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.bench import format_table, plot, run_bench
     from bild.lab.calibrate import pair_costs
     from bild.lab.measure import parse_methods
+    from bild.lab.report import check_output
 
     methods = parse_methods(options.methods, options.params)
+    if options.plot:
+        if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
+        check_output(options.plot, [options.prompts, options.json_out])
     examples, pair = prepare(options)
     found = identity(options, pair, examples)
     report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,

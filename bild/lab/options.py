@@ -111,6 +111,15 @@ class TuneOptions(RunOptions):
     timeout: float | None = Field(None, gt=0, description="stop this worker after S seconds")
     space: dict[str, str] = Field({}, description="narrow (KEY=LOW:HIGH), choose (KEY=A|B) or fix (KEY=VALUE) a "
                                   "parameter; repeatable")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _values_as_text(cls, value: object) -> object:
+        """YAML reads `fallback_threshold: 0.5` as a number: it fixes the value all the same."""
+        if isinstance(value, dict):
+            return {k: str(v).lower() if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else v
+                    for k, v in value.items()}
+        return value
     out_dir: str = Field(".", description="where the front JSON and PNG go")
     heartbeat: int = Field(30, ge=1, description="seconds between worker heartbeats; a trial silent for twice that "
                            "is retried")

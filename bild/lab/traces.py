@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,32 @@ def load_traces(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]
     if not path.is_file():
         raise BildError(f"traces file {str(path)!r} does not exist: collect traces with `bild traces`")
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise BildError(f"traces file {str(path)!r} is not UTF-8 text (byte {e.start}): give the JSONL of "
+                        "`bild traces`") from None
+    for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
-            rows.append({"prompt": str(row["prompt"]), "x": [float(row[f]) for f in FEATURES],
-                         "y": int(row["rejected"])})
+            x = [float(row[f]) for f in FEATURES]
+            y = row["rejected"]
+            if not all(math.isfinite(v) for v in x) or y not in (0, 1) or isinstance(y, bool):
+                raise ValueError("features must be finite numbers and 'rejected' 0 or 1")
+            rows.append({"prompt": str(row["prompt"]), "x": x, "y": int(y)})
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise BildError(f"{path}:{number}: not a trace row ({type(e).__name__}: {e}); "
                             f"each line needs 'prompt', {', '.join(FEATURES)} and 'rejected'") from None
     if not rows:
         raise BildError(f"traces file {str(path)!r} is empty")
     meta_path = path.with_name(path.name + ".meta.json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BildError(f"{meta_path} is corrupt ({type(e).__name__}): collect the traces again with "
+                        "`bild traces`") from None
     return rows, meta
 
 

@@ -204,14 +204,20 @@ class Study:
 
         return Method(name=self.options.policy, policy=make_policy(self.options.policy, params))
 
+    def others(self, trial: optuna.Trial) -> list[FrozenTrial]:
+        return [t for t in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+                if t.number != trial.number]
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        others = [t for t in self.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-                  if t.number != trial.number]
-        if sum(t.state in FINISHED or t.number < trial.number for t in others) >= self.options.trials:
+        if sum(t.state in FINISHED or t.number < trial.number for t in self.others(trial)) >= self.options.trials:
             trial.set_user_attr("surplus", True)
             raise SkippedTrial
         params = self.space.suggest(trial)
-        twin = next((t.number for t in others if t.params == trial.params), None)
+        # Announce the set, then look, and give way to any twin: of two workers that drew one set at
+        # once, at least one sees the other's announcement, so they never both measure it.
+        key = json.dumps(sorted(trial.params.items()))
+        trial.set_user_attr("params_key", key)
+        twin = next((t.number for t in self.others(trial) if t.user_attrs.get("params_key") == key), None)
         if twin is not None:
             trial.set_user_attr("duplicate_of", twin)
             raise SkippedTrial

@@ -1,0 +1,177 @@
+"""Hostile and careless input, table-driven: every case is one clear line on stderr, exit code 2,
+no traceback, and nothing a user already had is destroyed. Then a random property check of the
+engine: no crash, never more than max_new_tokens, `exact` equal to large-only greedy."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from bild import BildError, GenerationConfig, Policy, Verdict, generate, generate_single, make_policy
+from bild.lab.cli import main as cli
+from bild.lab.tasks import load_jsonl
+
+from conftest import PROMPTS
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, pair_dirs):
+    root = tmp_path_factory.mktemp("hostile")
+    small, large = map(str, pair_dirs("llama", 1))
+    good = root / "good.jsonl"
+    good.write_text('{"prompt": "def add(", "reference": "a + b"}\n{"prompt": "for i in", "reference": "x"}\n')
+    (root / "binary.jsonl").write_bytes(b'{"prompt": "a"}\n\xff\xfe\x00garbage\n')
+    (root / "surrogate.jsonl").write_text('{"prompt": "x\\ud800y"}\n')
+    (root / "folder.jsonl").mkdir()
+    (root / "file").write_text("")
+    (root / "space.yaml").write_text(f"command: tune\nsmall: {small}\nlarge: {large}\nprompts: {good}\npolicy: bild\n"
+                                     f"trials: 1\nstorage: sqlite:///{root}/y.db\nwandb_mode: disabled\nmetric: agreement\n"
+                                     f"out_dir: {root}/yout\nconfirm: 0\ngeneration:\n  max_new_tokens: 3\n"
+                                     "space:\n  fallback_threshold: 0.5\n  rollback_rule: exact\n")
+    (root / "nan.jsonl").write_text('{"prompt": "p", "max_prob": NaN, "entropy": 1, "margin": 0.1, "pending": 0, '
+                                    '"position": 0, "rejected": 0}\n')
+    (root / "label.jsonl").write_text('{"prompt": "p", "max_prob": 0.5, "entropy": 1, "margin": 0.1, "pending": 0, '
+                                      '"position": 0, "rejected": 2}\n')
+    (root / "meta.jsonl").write_text('{"prompt": "p", "max_prob": 0.5, "entropy": 1, "margin": 0.1, "pending": 0, '
+                                     '"position": 0, "rejected": 1}\n')
+    (root / "meta.jsonl.meta.json").write_text("{corrupt")
+    return {"root": root, "small": small, "large": large, "good": str(good)}
+
+
+def resolve(args: list[str], files: dict) -> list[str]:
+    return [a.format(**files) for a in args]
+
+
+PAIR = ["--small", "{small}", "--large", "{large}"]
+BENCH = ["bench", *PAIR, "--wandb-mode", "disabled", "--max-new-tokens", "3", "--methods", "large,exact"]
+TUNE = ["tune", *PAIR, "--prompts", "{good}", "--policy", "bild", "--wandb-mode", "disabled", "--max-new-tokens", "3",
+        "--storage", "sqlite:///{root}/t.db", "--metric", "agreement", "--trials", "1"]
+CASES = [
+    # prompt files
+    ([*BENCH, "--prompts", "{root}/binary.jsonl"], "not UTF-8 text"),
+    ([*BENCH, "--prompts", "{root}/surrogate.jsonl"], "lone surrogate"),
+    ([*BENCH, "--prompts", "{root}/folder.jsonl"], "is a folder"),
+    (["generate", *PAIR, "--prompt-file", "{root}/binary.jsonl"], "not UTF-8 text"),
+    (["traces", *PAIR, "--prompts", "{root}/binary.jsonl", "--out", "{root}/t.jsonl"], "not UTF-8 text"),
+    (["train-policy", "--traces", "{root}/binary.jsonl", "--out", "{root}/c.json"], "not UTF-8 text"),
+    # outputs
+    ([*BENCH, "--prompts", "{good}", "--json", "{good}"], "is also an input"),
+    ([*BENCH, "--prompts", "{good}", "--json", "{root}/file/out.json"], "cannot create the folder"),
+    ([*BENCH, "--prompts", "{good}", "--json", "{root}"], "is a folder"),
+    ([*BENCH, "--prompts", "{good}", "--plot", "{root}/out.xyz"], "--plot"),
+    (["traces", *PAIR, "--prompts", "{good}", "--out", "{good}"], "is also an input"),
+    ([*TUNE, "--out-dir", "{root}/file"], "is a file"),
+    ([*TUNE, "--study", "../../x/y"], "study name"),
+    # generation settings
+    ([*BENCH, "--prompts", "{good}", "--seed", str(2**70)], "--seed"),
+    ([*BENCH, "--prompts", "{good}", "--stop", ""], "empty stop string"),
+    ([*BENCH, "--prompts", "{good}", "--top-p", "0.5"], "only apply when sampling"),
+    ([*BENCH, "--prompts", "{good}", "--device", "mps"], "not available"),
+    ([*BENCH, "--prompts", "{good}", "--offset", "9"], "beyond the 2 prompts"),
+    # the search space
+    ([*TUNE, "--space", "fallback_threshold=nan:nan"], "is not LOW:HIGH"),
+    ([*TUNE, "--space", "fallback_threshold=0:3"], "above the parameter's bound"),
+    ([*TUNE, "--space", "rollback_rule=nll|greedy"], "is not LOW:HIGH"),
+    ([*TUNE, "--space", "fallbak_threshold=0:1"], "did you mean 'fallback_threshold'"),
+    # traces and classifiers
+    (["train-policy", "--traces", "{root}/nan.jsonl", "--out", "{root}/c.json"], "not a trace row"),
+    (["train-policy", "--traces", "{root}/label.jsonl", "--out", "{root}/c.json"], "not a trace row"),
+    (["train-policy", "--traces", "{root}/meta.jsonl", "--out", "{root}/c.json"], "is corrupt"),
+    # small things
+    (["demo", "--n", "0"], "--n must be at least 1"),
+    (["run", "{root}/space.yaml", "--set", "trails=2"], "did you mean 'trials'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), CASES, ids=[f"{i}-{m}" for i, (_, m) in enumerate(CASES)])
+def test_bad_input_is_one_line_and_exit_2(files, args, message, capsys):
+    before = {p: p.read_bytes() for p in files["root"].rglob("*") if p.is_file()}
+    assert cli(resolve(args, files)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err and message in err, err
+    for path, data in before.items():  # nothing that was there is changed
+        assert path.read_bytes() == data, path
+
+
+def test_a_yaml_space_may_fix_a_value_with_a_number(files):
+    import optuna
+
+    assert cli(["run", str(files["root"] / "space.yaml")]) == 0
+    storage = f"sqlite:///{files['root']}/y.db"
+    (trial,) = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage).trials
+    assert trial.user_attrs["params"]["fallback_threshold"] == 0.5 and "fallback_threshold" not in trial.params
+
+
+def test_api_inputs_are_checked_with_a_clear_error(load_pair):
+    pair, exact = load_pair("llama", 1), make_policy("exact")
+    for prompt, message in ((None, "not NoneType"), (123, "not int"), ([1.5, 2.0], "holds 1.5"),
+                            ([-5, 3], "token id -5"), (["a", "b"], "list of 2 prompt"), ("x\ud800", "lone surrogate")):
+        with pytest.raises(BildError, match=message):
+            generate(pair, prompt, exact)
+    assert generate(pair, "def add(", "exact", {"max_new_tokens": 3}).token_ids  # a name and a dict are fine
+    with pytest.raises(BildError, match="invalid generation config: max_new_tokens"):
+        generate(pair, "def add(", exact, {"max_new_tokens": 0})
+    with pytest.raises(BildError, match="less than or equal to 1"):
+        make_policy(make_policy("bild"), {"fallback_threshold": 5.0})
+    with pytest.raises(BildError, match="unknown parameter 'bogus'"):
+        make_policy(make_policy("bild"), {"bogus": 1})
+    with pytest.raises(BildError, match="no prompts"):
+        from bild.lab.bench import run_bench
+        from bild.lab.measure import parse_methods
+
+        run_bench(pair, [], parse_methods("large"), GenerationConfig())
+
+
+class Returns(Policy):
+    """A policy returning what a test asks it to."""
+
+    model_config = {"arbitrary_types_allowed": True}
+    falls: object = False
+    keeps: object = 0
+
+    def fallback(self, step):
+        return self.falls
+
+    def rollback(self, verification):
+        return self.keeps
+
+
+@pytest.mark.parametrize(("falls", "keeps", "message"), [
+    (False, 1.5, r"rollback returned 1.5 \(float\)"), (False, None, "rollback returned None"),
+    (False, "1", r"rollback returned '1' \(str\)"), (False, torch.tensor(1), r"rollback returned tensor\(1\)"),
+    (False, Verdict(0, torch.full((258,), float("nan"))), "not a distribution"),
+    (False, Verdict(0, torch.ones(5)), "not a distribution"),
+    (torch.tensor([True, False]), 0, "Returns.fallback returned tensor"), (None, 0, "fallback returned None"),
+])
+def test_what_a_policy_returns_is_checked_at_the_seam(load_pair, falls, keeps, message):
+    with pytest.raises(BildError, match=message):
+        generate(load_pair("llama", 1), "def add(", Returns(falls=falls, keeps=keeps), GenerationConfig(max_new_tokens=6))
+
+
+def test_the_api_loader_refuses_binary_files(files):
+    with pytest.raises(BildError, match="not UTF-8 text"):
+        load_jsonl(files["root"] / "binary.jsonl")
+
+
+def test_random_generations_never_crash_and_exact_is_large_greedy(load_pair):
+    """200 random generations: prompts, lengths, caps, policies, parameters, sampling."""
+    rng = random.Random(1)
+    names = ["bild", "exact", "entropy", "topk-margin", "adaptive"]
+    for i in range(200):
+        pair = load_pair(rng.choice(["llama", "qwen2", "gpt2", "t5"]), 1)
+        prompt = rng.choice(PROMPTS) + "".join(rng.choice("xyz ({:=\n") for _ in range(rng.randint(0, 5)))
+        config = GenerationConfig(max_new_tokens=rng.randint(1, 24), max_draft_tokens=rng.choice([1, 2, 5, 10, None]),
+                                  temperature=rng.choice([0.0, 0.0, 0.7]), seed=rng.randrange(2**31),
+                                  stop_strings=rng.choice([[], [")"], ["\n"]]))
+        name = rng.choice(names)
+        params = {"rollback_rule": rng.choice(["nll", "exact", "rejection"])} if name != "exact" else {}
+        if name in ("bild", "exact"):
+            params["fallback_threshold"] = rng.random()
+        result = generate(pair, prompt, make_policy(name, params), config)
+        assert len(result.token_ids) <= config.max_new_tokens, (i, name, params, config)
+        if name == "exact" and config.temperature == 0 and not config.stop_strings:
+            assert result.token_ids == generate_single(pair, prompt, "large", config).token_ids, (i, params, config)
+    assert json.dumps(result.model_dump())  # results serialise
