@@ -28,7 +28,8 @@ def files(tmp_path_factory, pair_dirs):
     (root / "folder.jsonl").mkdir()
     (root / "file").write_text("")
     (root / "space.yaml").write_text(f"command: tune\nsmall: {small}\nlarge: {large}\nprompts: {good}\npolicy: bild\n"
-                                     f"trials: 1\nstorage: sqlite:///{root}/y.db\nwandb_mode: disabled\nmetric: agreement\n"
+                                     f"trials: 1\nstorage: sqlite:///{root}/y.db\nwandb_mode: disabled\n"
+                                     "metric: agreement\n"
                                      f"out_dir: {root}/yout\nconfirm: 0\ngeneration:\n  max_new_tokens: 3\n"
                                      "space:\n  fallback_threshold: 0.5\n  rollback_rule: exact\n")
     (root / "nan.jsonl").write_text('{"prompt": "p", "max_prob": NaN, "entropy": 1, "margin": 0.1, "pending": 0, '
@@ -128,7 +129,7 @@ def test_api_inputs_are_checked_with_a_clear_error(load_pair):
 class Returns(Policy):
     """A policy returning what a test asks it to."""
 
-    model_config = {"arbitrary_types_allowed": True}
+    model_config = {"arbitrary_types_allowed": True}  # noqa: RUF012  (pydantic's settings)
     falls: object = False
     keeps: object = 0
 
@@ -148,7 +149,8 @@ class Returns(Policy):
 ])
 def test_what_a_policy_returns_is_checked_at_the_seam(load_pair, falls, keeps, message):
     with pytest.raises(BildError, match=message):
-        generate(load_pair("llama", 1), "def add(", Returns(falls=falls, keeps=keeps), GenerationConfig(max_new_tokens=6))
+        generate(load_pair("llama", 1), "def add(", Returns(falls=falls, keeps=keeps),
+                 GenerationConfig(max_new_tokens=6))
 
 
 def test_the_api_loader_refuses_binary_files(files):

@@ -133,7 +133,7 @@ def test_a_worker_restarted_at_once_waits_for_its_dead_trial_and_finishes(worker
     victim.communicate()
     # restarted at once: the dead trial still looks alive until its heartbeat is 4 s old
     restarted = start_worker(worker_args, "--storage", storage, "--trials", "4", "--heartbeat", "2", out_dir=tmp_path)
-    out, err = restarted.communicate(timeout=300)
+    _, err = restarted.communicate(timeout=300)
     assert restarted.returncode == 0, err
     assert "Traceback" not in err
     study = optuna.load_study(study_name="shared", storage=storage)
