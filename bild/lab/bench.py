@@ -7,6 +7,7 @@ presents the result: a table, a plot, and a report whose schema docs/bench.md de
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 from bild.config import GenerationConfig
@@ -51,7 +52,8 @@ def restore(records: list[dict[str, Any]]) -> Results:
 def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
               repeats: int = 1, out: str | None = None, setup: dict[str, Any] | None = None,
               inputs: list[str | None] = (), overwrite: bool = False, progress: bool = True,
-              costs: CostModel | None = None) -> tuple[dict[str, Any], Results]:
+              costs: CostModel | None = None, context: dict[str, Any] | None = None,
+              ) -> tuple[dict[str, Any], Results]:
     """Measure every method on every example; return (and write, as it goes) the report and the results.
 
     With a cost model, methods that ran on its fast path also get their modelled speedup over `large`.
@@ -62,7 +64,9 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
     setup = {**(setup or {}), "methods": [m.name for m in methods], "n": len(examples), "repeats": repeats,
              "generation": config.model_dump(), "prompt_ids": [e.id for e in examples]}
     writer = ReportWriter(out, setup, inputs, overwrite)
-    report: dict[str, Any] = {"machine": machine_info(pair), "setup": setup, "methods": {}, "notes": [],
+    report: dict[str, Any] = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                              "machine": machine_info(pair), "setup": setup, "context": context or {},
+                              "methods": {}, "notes": [],
                               "complete": False, "prompts_done": 0, "fast_paths": fast_paths,
                               "cost_model": costs.model_dump() if costs else None}
 

@@ -5,6 +5,7 @@
     bild tune          an Optuna search over a policy's parameters
     bild run           a bench or a tune from a YAML config, with --set overrides
     bild calibrate     a cost model of a pair on this device
+    bild compare       bench reports side by side, with the setup differences
     bild policies      the registered policies, their parameters and bounds
     bild traces / train-policy     data and training for the learned policy
     bild build-pair / demo         the offline local pair, and a short bench on it
@@ -183,6 +184,12 @@ def run_config(args: argparse.Namespace) -> None:
     execute(load_experiment(args.config, args.set))
 
 
+def run_compare(args: argparse.Namespace) -> None:
+    from bild.lab.compare import compare
+
+    print(compare(args.reports, args.plot))
+
+
 def run_calibrate(options: CalibrateOptions) -> None:
     import torch
 
@@ -270,12 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=8, help="prompts to bench (default 8)")
     demo.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"])
 
+    comp = sub.add_parser("compare", help="bench reports side by side, with the setup differences")
+    comp.add_argument("reports", nargs="+", metavar="REPORT.json", help="reports of `bild bench --json`")
+    comp.add_argument("--plot", metavar="OUT.png", help="draw every report's methods in one figure")
+
     pol = sub.add_parser("policies", help="list registered policies and their parameters")
     pol.add_argument("--json", action="store_true")
     return parser
 
 
-PLAIN = {"run": run_config, "build-pair": run_build_pair, "demo": run_demo, "policies": run_policies}
+PLAIN = {"run": run_config, "build-pair": run_build_pair, "demo": run_demo, "policies": run_policies,
+         "compare": run_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -167,25 +167,53 @@ def logger_for(options: RunOptions, group: str):
     return WandbLogger(options.wandb_mode, options.wandb_project, group=group, directory=options.wandb_dir)
 
 
+def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
+    """One method per trial of the front named by `--from-front` or `--study`, after checking it is this pair's."""
+    from bild.lab.measure import Method, pair_identity
+    from bild.lab.tune import read_front
+    from policies import make_policy, policy_class
+
+    front = read_front(options.from_front, options.study, options.storage)
+    ours = pair_identity(pair)
+    differ = [k for k in ("small_hash", "large_hash") if k in front.get("setup", {}) and front["setup"][k] != ours[k]]
+    if differ:
+        raise BildError(f"the front was tuned on another pair ({', '.join(differ)} differ): bench it with the pair "
+                        "of its study")
+    keys = policy_class(front["policy"]).model_fields
+    methods = []
+    for row in front["front"]:
+        try:
+            policy = make_policy(front["policy"], {k: v for k, v in row.items() if k in keys})
+        except BildError as e:
+            raise BildError(f"front trial {row.get('trial')}: {e}") from None
+        methods.append(Method(name=f"trial-{row.get('trial')}", policy=policy))
+    if not methods:
+        raise BildError("the front holds no trial yet: let the study finish some")
+    return methods
+
+
 def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.bench import format_table, plot, run_bench
     from bild.lab.calibrate import pair_costs
     from bild.lab.measure import parse_methods
     from bild.lab.report import check_output
 
-    methods = parse_methods(options.methods, options.params)
+    from_front = options.from_front is not None or options.study is not None
+    listed = options.methods if "methods" in options.model_fields_set or not from_front else "large"
+    methods = parse_methods(listed, options.params)
     if options.plot:
         if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
             raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
         check_output(options.plot, [options.prompts, options.json_out])
     examples, pair = prepare(options)
+    if from_front:
+        methods += front_methods(options, pair)
     found = identity(options, pair, examples)
     report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
-                                inputs=[options.prompts], overwrite=options.overwrite,
-                                costs=pair_costs(options, pair))
-    report["context"] = context(options, pair)
+                                inputs=[options.prompts, options.from_front], overwrite=options.overwrite,
+                                costs=pair_costs(options, pair), context=context(options, pair))
     print(format_table(report))
     if options.plot:
         plot(report, options.plot)

@@ -24,7 +24,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -338,7 +337,7 @@ def machine_info(pair: ModelPair) -> dict[str, Any]:
         "platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "bild": bild_version, "device": str(pair.device), "dtype": str(pair.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
     }
     if pair.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(pair.device)

@@ -87,6 +87,10 @@ class BenchOptions(RunOptions):
     json_out: str | None = Field(None, description="write the report here (and OUT.samples.jsonl) as it runs; "
                                  "rerunning the same command resumes")
     overwrite: bool = Field(False, description="start the report afresh instead of resuming it")
+    from_front: str | None = Field(None, description="bench the trials of a tune front (its FRONT.json) side by side, "
+                                   "beside --methods (default then: large)")
+    study: str | None = Field(None, description="bench the front of this Optuna study (with --storage) side by side")
+    storage: str | None = Field(None, description="the study's SQLAlchemy URL, for --study")
     plot: str | None = Field(None, description="draw quality against speedup into this PNG/PDF/SVG")
 
 

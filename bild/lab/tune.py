@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from bild.costs import CostModel
 from bild.engine import encode_prompt
-from bild.errors import BildError
+from bild.errors import BildError, unknown_name
 from bild.lab.measure import (
     Measurement,
     Method,
@@ -426,3 +426,32 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                    summary={"finished_trials": finished, "baseline": report["baseline"], "notes": notes},
                    tables=tables)
     return report
+
+
+def read_front(path: str | None = None, study_name: str | None = None,
+               storage: str | None = None) -> dict[str, Any]:
+    """A tune's front, from its FRONT.json or from the study itself: policy, setup and rows."""
+    if path is not None:
+        try:
+            found = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BildError(f"front file {path!r} does not exist: `bild tune` writes OUT_DIR/STUDY-front.json"
+                            ) from None
+        except (OSError, ValueError) as e:
+            raise BildError(f"{path!r} is not a front file of `bild tune` ({type(e).__name__})") from None
+        if not isinstance(found, dict) or not isinstance(found.get("front"), list) or "policy" not in found:
+            raise BildError(f"{path!r} is not a front file of `bild tune` (no 'policy' and 'front')")
+        return found
+    if study_name is None or storage is None:
+        raise BildError("give --from-front FRONT.json, or both --study NAME and --storage URL")
+    storage_ = open_storage(TuneOptions(policy="?", storage=storage))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_)
+    except KeyError:
+        raise unknown_name("study", study_name, optuna.get_all_study_names(storage_),
+                           "studies in that storage") from None
+    setup = study.user_attrs.get("setup", {})
+    options = TuneOptions(policy=setup.get("policy", "?"), objectives=setup.get("objectives", ["speedup", "quality"]),
+                          metric=setup.get("metric", "chrf"), max_quality_drop=setup.get("max_quality_drop"))
+    return {"study": study_name, "policy": options.policy, "setup": setup, "metric": options.metric,
+            "front": front_rows(front(study, options), options.metric)}
