@@ -9,10 +9,10 @@ are built once per process and shape and only reset per prompt:
     graph     a static cache, passes padded to a few lengths ("buckets") and replayed as CUDA graphs
     compile   the same padded step under torch.compile(mode="reduce-overhead", fullgraph=True)
 
-Every pass also computes, on the device, what the decisions read: per row the argmax, the max
-probability, the entropy and the negative log-probability of the next token fed (the drafts'
-NLL in a verification). `summarize` packs them in one `[T, 4]` tensor that is copied to the host
-once: the only host sync of a greedy step. Logits are cloned out of the graph's buffers for a
+Every pass also computes, on the device, what the decisions read: per row the argmax, the top
+`TOP` probabilities, the entropy and the negative log-probability of the next token fed (the
+drafts' NLL in a verification). `summarize` packs them in one `[T, 3 + TOP]` tensor that is
+copied to the host once: the only host sync of a greedy step. Logits are cloned out of the graph's buffers for a
 policy that reads them.
 
 Padding: a verification of T tokens runs in the smallest bucket B >= T; the B - T pad tokens
@@ -37,7 +37,7 @@ from bild.errors import BildError
 
 log = logging.getLogger("bild")
 
-SUMMARY = ("argmax", "max_prob", "entropy", "next_nll")
+TOP = 4  # probabilities of the most likely tokens each pass reports (a margin, a runner-up's weight)
 Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the padded pass: logits, summary, hidden
 
 
@@ -46,25 +46,30 @@ class Pass(NamedTuple):
 
     logits: torch.Tensor  # [rows, V], owned by the caller
     argmax: list[int]  # [rows]
-    max_prob: list[float]  # [rows]
+    top_probs: list[list[float]]  # [rows, TOP], most likely first
     entropy: list[float]  # [rows] nats
     next_nll: list[float]  # [rows] −log p(token fed after this row); 0 for the last fed row
+
+    @property
+    def max_prob(self) -> list[float]:  # [rows]
+        return [p[0] for p in self.top_probs]
     hidden: Callable[[], torch.Tensor]  # the last row's final hidden state [H], read during this step only
 
 
 def summarize(logits: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
-    """Per row: argmax, max probability, entropy and −log p(next id). # [T, V], [T] -> [T, 4]"""
+    """Per row: argmax, entropy, −log p(next id), the top probabilities. # [T, V], [T] -> [T, 3 + TOP]"""
     logp = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
-    top, arg = logp.max(dim=-1)  # [T]
+    top, arg = logp.topk(min(TOP, logp.shape[-1]), dim=-1)  # [T, TOP]
     entropy = -(logp.exp() * logp.clamp_min(-1e30)).sum(dim=-1)  # clamp: 0 * -inf is nan
     nll = -logp.gather(-1, next_ids[:, None]).squeeze(-1)  # [T]
-    return torch.stack([arg.float(), top.exp(), entropy, nll], dim=-1)
+    return torch.cat([torch.stack([arg[:, 0].float(), entropy, nll], dim=-1), top.exp()], dim=-1)
 
 
 def to_pass(logits: torch.Tensor, summary: torch.Tensor, hidden: Callable[[], torch.Tensor]) -> Pass:
-    """The host view of one pass: one device-to-host copy of the summary [rows, 4]."""
-    argmax, max_prob, entropy, nll = zip(*summary.tolist(), strict=True)
-    return Pass(logits, [int(a) for a in argmax], list(max_prob), list(entropy), [*nll[:-1], 0.0], hidden)
+    """The host view of one pass: one device-to-host copy of the summary."""
+    rows = summary.tolist()
+    return Pass(logits, [int(r[0]) for r in rows], [r[3:] for r in rows], [r[1] for r in rows],
+                [*(r[2] for r in rows[:-1]), 0.0], hidden)
 
 
 class Runner(ABC):

@@ -116,7 +116,12 @@ class DraftStep(View):
 
     @property
     def max_prob(self) -> float:
-        return self.out.max_prob[-1]
+        return self.out.top_probs[-1][0]
+
+    @property
+    def top_probs(self) -> list[float]:
+        """The probabilities of the small model's most likely tokens, most likely first."""
+        return self.out.top_probs[-1]
 
     @property
     def entropy(self) -> float:

@@ -8,7 +8,8 @@ Figures are reported on projects it never saw, and tuned on other projects it ne
     pycode_eval.jsonl    sqlalchemy, optuna, yaml, tqdm         report here, never tune here
     pycode_tune.jsonl    jinja2, click, rich, requests, alembic tune thresholds and policies here
     out/pycode_align.jsonl  pip, setuptools, pygments,       align the small model here (not
-                         _pytest, networkx                 committed: large, and the pair's own data)
+                         _pytest, networkx, numpy,         committed: large, and the pair's own
+                         pydantic (training sources only)  training data); up to 4 windows a file
 
 Each prompt is 480 characters of a file at an offset chosen by a hash of its path, with the next
 240 characters as the reference (the `pycode` task's format); files are visited in an order set
@@ -29,8 +30,10 @@ HERE = Path(__file__).resolve().parent
 SETS = {
     HERE / "data" / "pycode_eval.jsonl": (["sqlalchemy", "optuna", "yaml", "tqdm"], 96),
     HERE / "data" / "pycode_tune.jsonl": (["jinja2", "click", "rich", "requests", "alembic"], 48),
-    HERE.parent / "out" / "pycode_align.jsonl": (["pip", "setuptools", "pygments", "_pytest", "networkx"], 600),
+    HERE.parent / "out" / "pycode_align.jsonl": (["pip", "setuptools", "pygments", "_pytest", "networkx", "numpy",
+                                                  "pydantic"], 2000),
 }
+WINDOWS = {"pycode_align.jsonl": 4}
 
 
 def project_files(name: str) -> dict[Path, str]:
@@ -51,7 +54,7 @@ def main() -> None:
             for q in queues:
                 if q:
                     order.append(q.pop(0))
-        examples = code_examples(order, n, names)
+        examples = code_examples(order, n, names, WINDOWS.get(path.name, 1))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(e.model_dump(exclude={"meta"}) | e.meta) + "\n" for e in examples))
         print(f"{path.name}: {len(examples)} prompts from {', '.join(projects)}")

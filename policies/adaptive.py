@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from bild.policy import DraftStep, Outcome, Verification
@@ -46,6 +47,8 @@ class AdaptiveState:
     cost: float = 1.0  # their modelled time, in one-token large passes
     survival: float = 1.0  # probability that every pending draft survives
     pending: list[int] = field(default_factory=list)  # the bins of the pending drafts
+    discarded: tuple[int, int] | None = None  # (bin, token) of the draft a fallback threw away
+    seen: list[int] = field(default_factory=lambda: [0] * BINS)  # drafts proposed, by bin
 
     @property
     def rate(self) -> float:
@@ -56,8 +59,11 @@ class AdaptiveState:
 
     @property
     def mean_survival(self) -> float:
-        """How often a kept draft survives, over every draft judged so far."""
-        return sum(self.accepted) / (sum(self.accepted) + sum(self.rejected))
+        """The survival of the next draft before it is seen: each bin's, weighted by how often drafts fall there."""
+        total = sum(self.seen)
+        if not total:
+            return 0.5
+        return sum(n * self.survives(b) for b, n in enumerate(self.seen)) / total
 
 
 def bin_of(max_prob: float) -> int:
@@ -77,13 +83,15 @@ class AdaptivePolicy(RulePolicy):
         return AdaptiveState()
 
     def before_generation(self, state: AdaptiveState, prompt_ids: list[int]) -> None:
-        state.survival, state.pending = 1.0, []
+        state.survival, state.pending, state.discarded = 1.0, [], None
 
     def fallback(self, step: DraftStep) -> bool:
         """Discard the draft when even verifying it with the pending ones is not worth its extra token."""
         state, costs = step.state, step.costs
+        state.seen[bin_of(step.max_prob)] += 1
         survival = state.survival * state.survives(bin_of(step.max_prob))
         if survival < state.rate * self.verify_cost(costs, step.pending + 1):
+            state.discarded = (bin_of(step.max_prob), step.token)
             return True
         state.survival = survival
         state.pending.append(bin_of(step.max_prob))
@@ -109,9 +117,28 @@ class AdaptivePolicy(RulePolicy):
             else:  # the first rejected draft; later ones were never judged on their own
                 state.rejected[bin_] += 1
                 break
+        if state.discarded is not None and outcome.kept == outcome.drafted:
+            # the large model has just judged the position of the discarded draft too: would it have
+            # survived? Without this, doubtful bins would never be tried again once they look bad.
+            bin_, token = state.discarded
+            survived = self.would_keep(verification, token)
+            if survived is not None:
+                (state.accepted if survived else state.rejected)[bin_] += 1
         costs = verification.costs
         small_passes = outcome.drafted + (outcome.reason == "fallback")  # a discarded draft cost a pass too
         state.cost += (small_passes * costs.small.pass_seconds(1) + costs.large.pass_seconds(outcome.drafted + 1)
                        ) / costs.large.pass_seconds(1)
         state.tokens += outcome.kept + 1
-        state.survival, state.pending = 1.0, []
+        state.survival, state.pending, state.discarded = 1.0, [], None
+
+    def would_keep(self, verification: Verification, token: int) -> bool | None:
+        """Whether the rollback rule would have kept `token` at the position after the drafts (None: unknown)."""
+        n = verification.n
+        if self.rollback_rule == "exact" or (verification.greedy and self.rollback_rule == "rejection"):
+            return token == verification.large_tokens[n]
+        if self.rollback_rule == "nll":
+            if token == verification.large_tokens[n]:
+                return True
+            nll = -float(torch.log_softmax(verification.large_logits[n].float(), dim=-1)[token])
+            return nll <= self.rollback_threshold
+        return None  # speculative sampling: a draw, not a property of the token

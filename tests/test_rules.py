@@ -11,6 +11,7 @@ import pytest
 
 from bild import BildError, GenerationConfig, generate, generate_single
 from policies import make_policy
+from policies.learned import FEATURES, FORMAT
 
 from conftest import PROMPTS
 
@@ -22,10 +23,11 @@ NO_CAP = CFG.model_copy(update={"max_draft_tokens": None})
 def classifier(tmp_path_factory):
     """A hand-written classifier file: rejection probability rises as max_prob falls."""
     path = tmp_path_factory.mktemp("clf") / "clf.json"
+    weights = [-3.0, 0.5] + [0.0] * (len(FEATURES) - 2)  # max_prob down, entropy up: rejection up
     path.write_text(json.dumps({
-        "format": "bild-learned-policy/1", "features": ["max_prob", "entropy", "margin", "pending", "position"],
-        "mean": [0.5, 1.0, 0.3, 2.0, 8.0], "std": [0.2, 0.5, 0.2, 2.0, 5.0], "weights": [-3.0, 0.5, -1.0, 0.2, 0.0],
-        "bias": 0.0, "vocab_size": 258, "training": {"note": "hand-written for tests"}}))
+        "format": FORMAT, "features": FEATURES, "mean": [0.5, 1.0] + [0.0] * (len(FEATURES) - 2),
+        "std": [0.2, 0.5] + [1.0] * (len(FEATURES) - 2), "layers": [{"weight": [weights], "bias": [0.0]}],
+        "label": {"rule": "nll", "threshold": 5.0}, "vocab_size": 258, "training": {"note": "hand-written for tests"}}))
     return str(path)
 
 

@@ -5,6 +5,7 @@
     bild tune          an Optuna search over a policy's parameters
     bild run           a bench or a tune from a YAML config, with --set overrides
     bild calibrate     a cost model of a pair on this device
+    bild align         fine-tune the small model toward the large one (prediction alignment)
     bild compare       bench reports side by side, with the setup differences
     bild policies      the registered policies, their parameters and bounds
     bild traces / train-policy     data and training for the learned policy
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from bild.config import GenerationConfig
 from bild.errors import BildError
 from bild.lab.options import (
+    AlignOptions,
     BenchOptions,
     CalibrateOptions,
     GenerateOptions,
@@ -208,13 +210,39 @@ def run_calibrate(options: CalibrateOptions) -> None:
           f"written to {out}")
 
 
+def run_align(options: AlignOptions) -> None:
+    import torch
+
+    from bild.lab.align import align
+    from bild.lab.experiment import load_pair
+    from bild.lab.tasks import load_examples, load_jsonl
+
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    exclude = load_jsonl(options.exclude) if options.exclude else []
+    evaluation = load_jsonl(options.eval) if options.eval else []
+    pair = load_pair(options)
+    summary = align(pair, examples, options.out, options.minutes, options.loss, options.data,
+                    options.generation.max_new_tokens, options.top_k, options.lr, options.batch, exclude, evaluation,
+                    options.resume, options.overwrite)
+    line = (f"{summary['steps']} steps in {summary['seconds'] / 60:.1f} min on {summary['prompts']} prompts; dev "
+            f"agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}")
+    if "eval" in summary:
+        b, a = summary["eval"]["before"], summary["eval"]["after"]
+        line += (f"; held-out agreement {b['agreement']:.3f} -> {a['agreement']:.3f}, accepted run "
+                 f"{b['expected_accepted_run']:.2f} -> {a['expected_accepted_run']:.2f}")
+    print(f"{line}; written to {options.out}")
+
+
 def run_traces(options: TracesOptions) -> None:
     from bild.lab.experiment import load_pair
     from bild.lab.tasks import load_examples
     from bild.lab.traces import collect_traces
 
     examples = load_examples(options.prompts, options.task, options.n, options.offset)
-    meta = collect_traces(load_pair(options), examples, options.generation, options.out, inputs=[options.prompts])
+    meta = collect_traces(load_pair(options), examples, options.generation, options.out, inputs=[options.prompts],
+                          hidden=options.hidden)
     print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {options.out} "
           f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
 
@@ -222,10 +250,14 @@ def run_traces(options: TracesOptions) -> None:
 def run_train_policy(options: TrainPolicyOptions) -> None:
     from bild.lab.traces import train_classifier
 
-    t = train_classifier(options.traces, options.out, options.held_out)
-    print(f"trained on {t['rows']} draft steps ({t['prompts']} prompts); held-out ROC AUC "
-          f"{t['roc_auc_held_out']:.3f} ({t['held_out_rows']} steps, {t['held_out_prompts']} prompts; "
-          f"max probability alone: {t['roc_auc_max_prob_held_out']:.3f}); saved to {options.out}")
+    t = train_classifier(options.traces, options.out, options.held_out, options.rule, options.rollback_threshold,
+                         options.model, options.hidden)
+    low, high = t["roc_auc_interval"]
+    base_low, base_high = t["roc_auc_max_prob_interval"]
+    print(f"{t['model']} trained on {t['rows']} drafts ({t['prompts']} prompts); held-out ROC AUC "
+          f"{t['roc_auc_held_out']:.3f} [{low:.3f}, {high:.3f}] ({t['held_out_rows']} drafts, "
+          f"{t['held_out_prompts']} prompts); max probability alone {t['roc_auc_max_prob_held_out']:.3f} "
+          f"[{base_low:.3f}, {base_high:.3f}]; saved to {options.out}")
 
 
 def run_build_pair(args: argparse.Namespace) -> None:
@@ -250,6 +282,7 @@ COMMANDS: dict[str, tuple[str, type[BaseModel] | None, Any]] = {
     "bench": ("compare BiLD with the baselines on a prompt set", BenchOptions, run_bench),
     "tune": ("search a policy's parameters with Optuna (speed vs quality)", TuneOptions, run_tune),
     "calibrate": ("measure a cost model of a pair on this device", CalibrateOptions, run_calibrate),
+    "align": ("fine-tune the small model toward the large one's predictions", AlignOptions, run_align),
     "traces": ("record labelled draft features for the learned policy", TracesOptions, run_traces),
     "train-policy": ("train the learned policy's classifier on traces", TrainPolicyOptions, run_train_policy),
 }

@@ -147,6 +147,7 @@ class CalibrateOptions(Options):
 class TracesOptions(Options, PromptOptions):
     command: Literal["traces"] = "traces"
     out: str = Field(description="JSONL file to write (and OUT.meta.json)")
+    hidden: bool = Field(False, description="also record the small model's hidden state of every draft")
 
 
 class TrainPolicyOptions(BaseModel):
@@ -156,6 +157,33 @@ class TrainPolicyOptions(BaseModel):
     traces: str = Field(description="JSONL written by `bild traces`")
     out: str = Field(description="classifier JSON to write (load it with --param path=...)")
     held_out: float = Field(0.2, gt=0, lt=1, description="fraction of prompts held out for the AUC")
+    rule: Literal["nll", "exact"] = Field("nll", description="the rollback rule the policy will use: its rejections "
+                                          "are the labels")
+    rollback_threshold: float = Field(5.0, ge=0, description="nll rule: the NLL above which a draft is rejected")
+    model: Literal["logistic", "mlp"] = Field("logistic", description="logistic regression, or an MLP with one "
+                                              "hidden layer of 32")
+    hidden: bool = Field(False, description="also read the small model's hidden state (traces from --hidden)")
+
+
+class AlignOptions(Options, PromptOptions):
+    command: Literal["align"] = "align"
+    out: str = Field(description="folder for the aligned small model (a Hugging Face model folder) and align.json")
+    minutes: float = Field(10.0, gt=0, description="wall-time budget of the fine-tuning (the calibration set is "
+                           "built first, and cached)")
+    loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("fkl", description="divergence to the large model: ce "
+                                                            "(its greedy tokens), fkl/rkl (forward/reverse KL), tvd "
+                                                            "(total variation), mix (ce + fkl)")
+    data: Literal["large", "small", "mix"] = Field("large", description="continuations from the large model "
+                                                   "(greedy), the small one (samples), or half each")
+    exclude: str | None = Field(None, description="JSONL of held-out prompts never to train on")
+    eval: str | None = Field(None, description="JSONL of held-out prompts: agreement, accepted runs and small-alone "
+                             "chrF before and after")
+    top_k: int = Field(32, ge=1, le=1024, description="teacher log-probabilities kept per position")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate")
+    batch: int = Field(8, ge=1, description="sequences per training step")
+    resume: bool = Field(False, description="continue an interrupted run in --out (its cached data and checkpoint)")
+    overwrite: bool = Field(False, description="start afresh, deleting what --out holds")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
 Experiment = Annotated[BenchOptions | TuneOptions, Field(discriminator="command")]

@@ -80,20 +80,23 @@ def load_jsonl(path: str | Path) -> list[Example]:
 # --- pycode ----------------------------------------------------------------------------------
 
 
-def code_examples(files: list[Path], n: int, names: dict[Path, str] | None = None) -> list[Example]:
-    """`n` completion prompts, one per file, each at an offset chosen by a hash of the file's name."""
+def code_examples(files: list[Path], n: int, names: dict[Path, str] | None = None,
+                  windows: int = 1) -> list[Example]:
+    """`n` completion prompts, up to `windows` per file, each at an offset chosen by a hash of the file's name."""
     examples = []
     size = PYCODE_PROMPT_CHARS + PYCODE_REFERENCE_CHARS
     for path, text in read_texts(files):
         if len(text) < 2 * size:
             continue
         name = (names or {}).get(path, path.name)
-        start = int(hashlib.sha256(name.encode()).hexdigest(), 16) % (len(text) - size)
-        window = text[start: start + size]
-        examples.append(Example(id=f"{name}@{start}", prompt=window[:PYCODE_PROMPT_CHARS],
-                                reference=window[PYCODE_PROMPT_CHARS:], meta={"source": name}))
-        if len(examples) == n:
-            break
+        for w in range(min(windows, len(text) // (2 * size))):
+            start = int(hashlib.sha256(f"{name}#{w}".encode() if w else name.encode()).hexdigest(), 16) % (
+                len(text) - size)
+            window = text[start: start + size]
+            examples.append(Example(id=f"{name}@{start}", prompt=window[:PYCODE_PROMPT_CHARS],
+                                    reference=window[PYCODE_PROMPT_CHARS:], meta={"source": name}))
+            if len(examples) == n:
+                return examples
     return examples
 
 

@@ -1,0 +1,64 @@
+"""`bild align`: a calibration set, fine-tuning toward the large model, a loadable folder, resuming, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bild import BildError, GenerationConfig, ModelPair, generate, generate_single, make_policy
+from bild.lab.align import align, build_data
+from bild.lab.tasks import Example
+
+from conftest import PROMPTS
+
+
+@pytest.fixture
+def pair(pair_dirs):
+    """A fresh load: alignment changes the small model in place."""
+    return ModelPair.from_pretrained(*map(str, pair_dirs("llama", 1)), device="cpu")
+
+
+def examples(n: int, tag: str = "") -> list[Example]:
+    return [Example(id=f"{tag}{i}", prompt=tag + PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)),
+                    reference="x = 1") for i in range(n)]
+
+
+@pytest.mark.parametrize("loss", ["fkl", "ce", "tvd"])
+def test_alignment_raises_agreement_and_writes_a_loadable_pair(pair, pair_dirs, tmp_path, loss):
+    out = tmp_path / "aligned"
+    held = examples(6, "# held out\n")
+    summary = align(pair, examples(40) + held, out, minutes=0.1, loss=loss, data="mix", length=8, top_k=8, lr=3e-3,
+                    exclude=held, evaluation=held, progress=False)
+    assert summary["steps"] > 0 and summary["dev_agreement_best"] >= summary["dev_agreement_before"]
+    assert summary["prompts"] == 40  # the held-out prompts were excluded from the calibration set
+    saved = json.loads((out / "align.json").read_text())
+    assert saved["loss"] == loss and {"before", "after"} <= set(saved["eval"])
+    aligned = ModelPair.from_pretrained(str(out), str(pair_dirs("llama", 1)[1]), device="cpu")
+    cfg = GenerationConfig(max_new_tokens=10)
+    assert (generate(aligned, "def add(", make_policy("exact"), cfg).token_ids
+            == generate_single(aligned, "def add(", "large", cfg).token_ids)
+
+
+def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair, tmp_path):
+    out = tmp_path / "aligned"
+    build_data(pair, examples(70)[:66], out / "data", 6, "large", 4, progress=False)  # as if cut off
+    shards = sorted((out / "data").glob("shard-*.pt"))
+    assert len(shards) == 2
+    stamp = shards[0].stat().st_mtime
+    with pytest.raises(BildError, match="exists: --resume continues it"):
+        align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, progress=False)
+    summary = align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, resume=True, progress=False)
+    assert summary["prompts"] == 70 and shards[0].stat().st_mtime == stamp  # nothing generated twice
+    shards[0].write_bytes(b"torn")
+    with pytest.raises(BildError, match="is corrupt"):
+        align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, resume=True, progress=False)
+    with pytest.raises(BildError, match="shorter than one training step"):
+        align(pair, examples(20), tmp_path / "tiny", minutes=1e-6, length=6, top_k=4, progress=False)
+    with pytest.raises(BildError, match="at least 10"):
+        align(pair, examples(5), tmp_path / "few", minutes=0.05, length=6, progress=False)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BildError, match="is a file"):
+        align(pair, examples(20), tmp_path / "file", minutes=0.05, progress=False)
+    assert torch.is_inference_mode_enabled() is False
