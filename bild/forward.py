@@ -23,6 +23,7 @@ prompt) and passes longer than the top bucket run eagerly at their exact length.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -279,12 +280,17 @@ def as_is(step: Step) -> Step:
     return step
 
 
-def cuda_graph(step: Step) -> Step:
-    """Capture `step` (already warmed up) as a CUDA graph; replaying it updates its static outputs."""
+def cuda_graph(step: Step, shared: dict | None = None) -> Step:
+    """Capture `step` (already warmed up) as a CUDA graph; replaying it updates its static outputs.
+
+    The graphs given one `shared` dict share a memory pool (one runner's: they never replay at
+    once, and each one's outputs stay allocated while the graph lives, so none writes over another's).
+    """
+    pool = None if shared is None else shared.setdefault("pool", torch.cuda.graph_pool_handle())
     graph = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, pool=pool, stream=stream):
         outputs = step()  # recorded, not run: the cache's pointer does not move here
     torch.cuda.current_stream().wait_stream(stream)
 
@@ -334,5 +340,5 @@ def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, c
     if fast_path == "static":
         return StaticRunner(model, vocab, context)
     if fast_path == "graph":
-        return PaddedRunner(model, vocab, context, most, cuda_graph)
+        return PaddedRunner(model, vocab, context, most, functools.partial(cuda_graph, shared={}))
     return PaddedRunner(model, vocab, context, most, compiled, powers_of_two)  # each shape costs a compilation

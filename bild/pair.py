@@ -215,13 +215,16 @@ class ModelPair:
     def encoder_decoder(self) -> bool:
         return bool(self.large.config.is_encoder_decoder)
 
+    @functools.cached_property
+    def prior_costs(self) -> CostModel:
+        """What passes cost before any calibration: a prior from the two models' depths."""
+        depth = [m.config.get_text_config(decoder=True).num_hidden_layers for m in (self.small, self.large)]
+        return CostModel.prior(*depth)
+
     @property
     def costs(self) -> CostModel:
-        """The calibrated cost model, else a prior from the two models' depths."""
-        if self.cost_model is None:
-            depth = [m.config.get_text_config(decoder=True).num_hidden_layers for m in (self.small, self.large)]
-            self.cost_model = CostModel.prior(*depth)
-        return self.cost_model
+        """The calibrated cost model, else the prior."""
+        return self.cost_model or self.prior_costs
 
     @staticmethod
     def context_length(model: PreTrainedModel) -> int | None:

@@ -4,8 +4,8 @@ Every draft is kept up to the first one the large model would not have chosen, w
 small model does; `fallback_threshold` only decides how long drafts get (the speed), never what is
 generated. A draft below it is kept and verified at once with the pending ones (not thrown
 away, as BiLD's fallback does): the verification pass grows little with one more token, and the
-draft often survives. The default, 0.4, is the best single threshold on the tuning prompts of
-docs/results.md (§4); `adaptive` picks the stopping point itself.
+draft often survives. The default, 0.4, ties for the best modelled speed in a sweep on the tuning
+prompts of docs/results.md (§3); `adaptive` picks the stopping point itself.
 """
 
 from __future__ import annotations

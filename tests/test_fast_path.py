@@ -72,7 +72,7 @@ def fake_graphs(monkeypatch):
     """`graph` on the CPU: capture is the eager step itself; count the steps prepared."""
     prepared = []
 
-    def capture(step):
+    def capture(step, **kwargs):
         prepared.append(step)
         return as_is(step)
 

@@ -6,7 +6,7 @@ import pytest
 
 from bild import BildError, GenerationConfig, ModelPair, generate, generate_single
 from bild.lab.corpus import stdlib_files
-from bild.lab.localpair import PRESETS, ModelShape, Preset, build_local_pair
+from bild.lab.localpair import BUILD, PRESETS, ModelShape, Preset, build_local_pair
 from policies import make_policy
 
 
@@ -22,7 +22,7 @@ def test_build_caches_a_loadable_pair(tmp_path, monkeypatch):
         vocab_size=300, corpus_chars=200_000, context=32, batch=2, lr=1e-3, hidden=32, heads=2, mlp=64,
         small=ModelShape(layers=1, train_seconds=1), large=ModelShape(layers=2, train_seconds=1)))
     root = build_local_pair("tiny")
-    assert root == tmp_path / "pairs" / "stdlib-tiny"
+    assert root == tmp_path / "pairs" / f"stdlib-tiny-v{BUILD}"
     mtime = (root / "large" / "config.json").stat().st_mtime
     assert build_local_pair("tiny") == root  # cached: not rebuilt
     assert (root / "large" / "config.json").stat().st_mtime == mtime

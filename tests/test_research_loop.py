@@ -65,7 +65,7 @@ def test_a_front_is_benched_side_by_side_and_compared(setup, capsys):
     assert cli([*bench, "--from-front", str(setup["root"] / "front-front.json"),
                 "--json", str(setup["root"] / "a.json")]) == 0
     report = json.loads((setup["root"] / "a.json").read_text())
-    rows = {f"trial-{r['trial']}": r for r in front["front"]}
+    rows = {f"front/trial-{r['trial']}": r for r in front["front"]}
     assert set(report["methods"]) == {"large", *rows}
     for name, row in rows.items():
         params = report["methods"][name]["params"]

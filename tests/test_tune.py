@@ -186,7 +186,7 @@ def test_workers_racing_for_a_value_all_use_the_stored_one(tmp_path):
 
     def worker(i: int) -> None:
         study = optuna.load_study(study_name="race", storage=storage)
-        seen[i] = shared_value(study, "baseline", lambda: time.sleep(0.2) or f"measured by {i}")
+        seen[i] = shared_value(study, storage, "baseline", lambda: time.sleep(0.2) or f"measured by {i}")
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
     for t in threads:

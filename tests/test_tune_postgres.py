@@ -83,13 +83,18 @@ def test_two_workers_share_one_study(worker_args, storage, tmp_path):
     assert {"baseline", "cost_model"} <= set(study.user_attrs)  # one of each, shared by the workers
 
 
-def wait_for_a_fresh_trial(storage: str, timeout: float = 180) -> None:
+def wait_for_a_fresh_trial(url: str, timeout: float = 180) -> None:
     """Until a trial after the first has its parameters and just started (far from its end when killed)."""
-    deadline = time.monotonic() + timeout
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    # one storage, no pool: polling must not hold connections (PostgreSQL allows only so many)
+    deadline, storage = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         try:
+            storage = storage or optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": NullPool})
             study = optuna.load_study(study_name="shared", storage=storage)
-        except KeyError:  # the study does not exist yet
+        except (KeyError, SQLAlchemyError):  # the study (or the schema the workers create) does not exist yet
             time.sleep(0.2)
             continue
         now = datetime.now()
@@ -101,13 +106,17 @@ def wait_for_a_fresh_trial(storage: str, timeout: float = 180) -> None:
     raise AssertionError("no trial started in time")
 
 
-def test_a_killed_workers_trial_is_retried_and_the_study_resumes(worker_args, storage, tmp_path):
-    # many prompts make each trial long enough to be killed in the middle of one
-    victim = start_worker(worker_args, "--storage", storage, "--trials", "5", "--repeats", "40", "--heartbeat", "1",
-                          out_dir=tmp_path)
+def kill_a_worker_mid_trial(worker_args: list[str], storage: str, trials: str, heartbeat: str, out_dir) -> None:
+    # many repeats make each trial long enough to be killed in the middle of one
+    victim = start_worker(worker_args, "--storage", storage, "--trials", trials, "--repeats", "40", "--heartbeat",
+                          heartbeat, out_dir=out_dir)
     wait_for_a_fresh_trial(storage)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
+
+
+def test_a_killed_workers_trial_is_retried_and_the_study_resumes(worker_args, storage, tmp_path):
+    kill_a_worker_mid_trial(worker_args, storage, "5", "1", tmp_path)
     study = optuna.load_study(study_name="shared", storage=storage)
     killed = study.get_trials(states=(TrialState.RUNNING,))
     assert len(killed) == 1
@@ -126,11 +135,7 @@ def test_a_killed_workers_trial_is_retried_and_the_study_resumes(worker_args, st
 
 
 def test_a_worker_restarted_at_once_waits_for_its_dead_trial_and_finishes(worker_args, storage, tmp_path):
-    victim = start_worker(worker_args, "--storage", storage, "--trials", "4", "--repeats", "40", "--heartbeat", "2",
-                          out_dir=tmp_path)
-    wait_for_a_fresh_trial(storage)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    kill_a_worker_mid_trial(worker_args, storage, "4", "2", tmp_path)
     # restarted at once: the dead trial still looks alive until its heartbeat is 4 s old
     restarted = start_worker(worker_args, "--storage", storage, "--trials", "4", "--heartbeat", "2", out_dir=tmp_path)
     _, err = restarted.communicate(timeout=300)

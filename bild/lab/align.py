@@ -13,7 +13,8 @@ often the small model predicts what the large one would, the fewer fallbacks and
     train   the small model for a wall-time budget against the large model's distributions:
             `ce` (its greedy tokens), `fkl` (forward KL), `rkl` (reverse KL), `tvd` (total
             variation, what greedy acceptance depends on), `mix` (ce + fkl), all over the top-k
-            support; AdamW with a cosine schedule over the budget. The checkpoint with the best
+            support; AdamW with a cosine schedule over the budget. Batches are left-padded so
+            the output layer runs on the continuation positions only. The checkpoint with the best
             top-1 agreement on a dev split is kept (OUT/work/best), so Ctrl-C loses nothing; a
             checkpoint every minute lets `--resume` continue.
     out     OUT is a Hugging Face model folder (`ModelPair.from_pretrained(OUT, large)` loads it)
@@ -127,19 +128,24 @@ def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length:
 
 
 def batch_of(records: list[dict[str, Any]], device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded ids and, per continuation position, where it is and what the teacher says."""
+    """Left-padded ids, so every continuation ends the batch's last `keep` positions, and, per continuation
+    position, which output row predicts it and what the teacher says there."""
     width = max(len(r["ids"]) for r in records)
+    keep = max(len(r["ids"]) - r["start"] for r in records) + 1  # the rows predicting a continuation token
     ids = torch.zeros(len(records), width, dtype=torch.long)
+    mask = torch.zeros(len(records), width, dtype=torch.long)
     rows, cols, top_ids, top_logp = [], [], [], []
     for i, r in enumerate(records):
-        ids[i, : len(r["ids"])] = r["ids"].long()
-        positions = torch.arange(r["start"] - 1, len(r["ids"]) - 1)  # each predicts the next token
-        rows.append(torch.full_like(positions, i))
-        cols.append(positions)
+        ids[i, width - len(r["ids"]):] = r["ids"].long()
+        mask[i, width - len(r["ids"]):] = 1
+        tail = len(r["ids"]) - r["start"]
+        rows.append(torch.full((tail,), i))
+        cols.append(torch.arange(keep - 1 - tail, keep - 1))  # row j of the kept window predicts token j + 1
         top_ids.append(r["top_ids"].long())
         top_logp.append(r["top_logp"].float())
-    return {"ids": ids.to(device), "rows": torch.cat(rows).to(device), "cols": torch.cat(cols).to(device),
-            "top_ids": torch.cat(top_ids).to(device), "top_logp": torch.cat(top_logp).to(device)}
+    return {"ids": ids.to(device), "mask": mask.to(device), "keep": keep, "rows": torch.cat(rows).to(device),
+            "cols": torch.cat(cols).to(device), "top_ids": torch.cat(top_ids).to(device),
+            "top_logp": torch.cat(top_logp).to(device)}
 
 
 def divergence(student: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor, loss: str) -> torch.Tensor:
@@ -161,8 +167,10 @@ def divergence(student: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Ten
 
 
 def student_logp(model: torch.nn.Module, batch: dict[str, torch.Tensor], vocab: int) -> torch.Tensor:
-    logits = model(input_ids=batch["ids"]).logits[..., :vocab]  # [B, T, V]
-    return torch.log_softmax(logits[batch["rows"], batch["cols"]].float(), dim=-1)  # [N, V]
+    """The small model's log-probabilities at every continuation position. # [N, V]"""
+    logits = model(input_ids=batch["ids"], attention_mask=batch["mask"],
+                   logits_to_keep=batch["keep"]).logits[..., :vocab]  # [B, keep, V]: the output layer runs there only
+    return torch.log_softmax(logits[batch["rows"], batch["cols"]].float(), dim=-1)
 
 
 @torch.no_grad()
@@ -300,8 +308,8 @@ def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Exam
             "small_chrf": small_quality(pair, examples, length)}
 
 
-def align(pair: ModelPair, examples: list[Example], out: str | Path, minutes: float, loss: str = "fkl",
-          data: str = "large", length: int = 64, top_k: int = 32, lr: float = 3e-4, batch_size: int = 8,
+def align(pair: ModelPair, examples: list[Example], out: str | Path, minutes: float, loss: str = "ce",
+          data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4, batch_size: int = 32,
           exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
     """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json."""

@@ -45,6 +45,8 @@ from bild.lab.options import (
 
 FLAGS = {"stop_strings": "stop", "json_out": "json", "json_output": "json", "params": "param"}
 KEY_VALUE = ("params", "space")  # repeatable KEY=VALUE flags that fill a mapping
+DEMO_METHODS = ("large,large-hf,small,hf-assisted,exact,exact@fallback_threshold=0,adaptive,bild,"
+                "bild@fallback_threshold=0.3@rollback_threshold=2")
 
 # --- flags from option models -------------------------------------------------------------------------
 
@@ -193,15 +195,11 @@ def run_compare(args: argparse.Namespace) -> None:
 
 
 def run_calibrate(options: CalibrateOptions) -> None:
-    import torch
-
     from bild.lab.calibrate import calibrate
     from bild.lab.experiment import load_pair
     from bild.lab.report import check_output
 
     out = check_output(options.out, [])
-    if options.threads:
-        torch.set_num_threads(options.threads)
     costs = calibrate(load_pair(options), options.generation, options.repeats)
     costs.save(out)
     large = ", ".join(f"{1000 * s:.2f}" for s in costs.large.passes)
@@ -211,21 +209,17 @@ def run_calibrate(options: CalibrateOptions) -> None:
 
 
 def run_align(options: AlignOptions) -> None:
-    import torch
-
     from bild.lab.align import align
     from bild.lab.experiment import load_pair
     from bild.lab.tasks import load_examples, load_jsonl
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
     examples = load_examples(options.prompts, options.task, options.n, options.offset)
     exclude = load_jsonl(options.exclude) if options.exclude else []
     evaluation = load_jsonl(options.eval) if options.eval else []
     pair = load_pair(options)
     summary = align(pair, examples, options.out, options.minutes, options.loss, options.data,
-                    options.generation.max_new_tokens, options.top_k, options.lr, options.batch, exclude, evaluation,
-                    options.resume, options.overwrite)
+                    options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
+                    evaluation, options.resume, options.overwrite)
     line = (f"{summary['steps']} steps in {summary['seconds'] / 60:.1f} min on {summary['prompts']} prompts; dev "
             f"agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}")
     if "eval" in summary:
@@ -273,8 +267,7 @@ def run_demo(args: argparse.Namespace) -> None:
         raise BildError(f"--n must be at least 1, got {args.n}")
     execute_bench(BenchOptions(pair="local", task="pycode", n=args.n, wandb_mode=args.wandb_mode,
                                generation=GenerationConfig(max_new_tokens=48),
-                               methods="large,large-hf,small,hf-assisted,exact,exact@fallback_threshold=0.4,"
-                               "bild,bild@fallback_threshold=0.3@rollback_threshold=2"))
+                               methods=DEMO_METHODS))
 
 
 COMMANDS: dict[str, tuple[str, type[BaseModel] | None, Any]] = {

@@ -145,18 +145,18 @@ def load_pair(options: Options):
     from bild.pair import ModelPair
 
     small, large = resolve_pair(options.pair, options.small, options.large)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     quiet_transformers()
     return ModelPair.from_pretrained(small, large, device=options.device, dtype=options.dtype)
 
 
 def prepare(options: RunOptions):
-    """Threads, prompts and the pair of a bench or tune, in the order that fails fastest."""
-    import torch
-
+    """The prompts and the pair of a bench or tune, in the order that fails fastest."""
     from bild.lab.tasks import load_examples
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
     examples = load_examples(options.prompts, options.task, options.n, options.offset)
     return examples, load_pair(options)
 
@@ -168,27 +168,30 @@ def logger_for(options: RunOptions, group: str):
 
 
 def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
-    """One method per trial of the front named by `--from-front` or `--study`, after checking it is this pair's."""
+    """One method per trial of each front named by `--from-front` or `--study`, after checking it is this pair's."""
     from bild.lab.measure import Method, pair_identity
     from bild.lab.tune import read_front
     from policies import make_policy, policy_class
 
-    front = read_front(options.from_front, options.study, options.storage)
-    ours = pair_identity(pair)
-    differ = [k for k in ("small_hash", "large_hash") if k in front.get("setup", {}) and front["setup"][k] != ours[k]]
-    if differ:
-        raise BildError(f"the front was tuned on another pair ({', '.join(differ)} differ): bench it with the pair "
-                        "of its study")
-    keys = policy_class(front["policy"]).model_fields
-    methods = []
-    for row in front["front"]:
-        try:
-            policy = make_policy(front["policy"], {k: v for k, v in row.items() if k in keys})
-        except BildError as e:
-            raise BildError(f"front trial {row.get('trial')}: {e}") from None
-        methods.append(Method(name=f"trial-{row.get('trial')}", policy=policy))
-    if not methods:
-        raise BildError("the front holds no trial yet: let the study finish some")
+    fronts = [read_front(path) for path in options.from_front]
+    if options.study is not None:
+        fronts.append(read_front(study_name=options.study, storage=options.storage))
+    ours, methods = pair_identity(pair), []
+    for front in fronts:
+        label = front.get("study", "front")
+        differ = [k for k in ("small_hash", "large_hash") if front.get("setup", {}).get(k, ours[k]) != ours[k]]
+        if differ:
+            raise BildError(f"front {label!r} was tuned on another pair ({', '.join(differ)} differ): bench it "
+                            "with the pair of its study")
+        keys = policy_class(front["policy"]).model_fields
+        for row in front["front"]:
+            try:
+                policy = make_policy(front["policy"], {k: v for k, v in row.items() if k in keys})
+            except BildError as e:
+                raise BildError(f"front {label!r}, trial {row.get('trial')}: {e}") from None
+            methods.append(Method(name=f"{label}/trial-{row.get('trial')}", policy=policy))
+        if not front["front"]:
+            raise BildError(f"front {label!r} holds no trial yet: let the study finish some")
     return methods
 
 
@@ -198,7 +201,7 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.measure import parse_methods
     from bild.lab.report import check_output
 
-    from_front = options.from_front is not None or options.study is not None
+    from_front = bool(options.from_front) or options.study is not None
     listed = options.methods if "methods" in options.model_fields_set or not from_front else "large"
     methods = parse_methods(listed, options.params)
     if options.plot:
@@ -212,7 +215,7 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
-                                inputs=[options.prompts, options.from_front], overwrite=options.overwrite,
+                                inputs=[options.prompts, *options.from_front], overwrite=options.overwrite,
                                 costs=pair_costs(options, pair), context=context(options, pair))
     print(format_table(report))
     if options.plot:

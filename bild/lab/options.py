@@ -42,6 +42,7 @@ class Options(BaseModel):
     large: str | None = Field(None, description="large model: hub id or local directory")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
@@ -57,7 +58,6 @@ class RunOptions(Options, PromptOptions):
 
     description: str | None = Field(None, description="what this experiment is for (logged with the results)")
     repeats: int = Field(1, ge=1, description="timed runs per prompt (the median is kept)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     wandb_mode: WandbMode = Field("offline", description="W&B logging (offline: no account or network; "
                                   "`wandb sync` uploads later)")
     wandb_project: str = Field("bild", description="W&B project")
@@ -87,8 +87,8 @@ class BenchOptions(RunOptions):
     json_out: str | None = Field(None, description="write the report here (and OUT.samples.jsonl) as it runs; "
                                  "rerunning the same command resumes")
     overwrite: bool = Field(False, description="start the report afresh instead of resuming it")
-    from_front: str | None = Field(None, description="bench the trials of a tune front (its FRONT.json) side by side, "
-                                   "beside --methods (default then: large)")
+    from_front: list[str] = Field([], description="bench the trials of a tune front (its FRONT.json) side by side, "
+                                  "beside --methods (default then: large); repeatable, to compare fronts")
     study: str | None = Field(None, description="bench the front of this Optuna study (with --storage) side by side")
     storage: str | None = Field(None, description="the study's SQLAlchemy URL, for --study")
     plot: str | None = Field(None, description="draw quality against speedup into this PNG/PDF/SVG")
@@ -141,7 +141,6 @@ class CalibrateOptions(Options):
     command: Literal["calibrate"] = "calibrate"
     out: str = Field(description="cost model JSON to write")
     repeats: int = Field(20, ge=1, description="timed passes per length (the median is kept)")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
 class TracesOptions(Options, PromptOptions):
@@ -170,7 +169,7 @@ class AlignOptions(Options, PromptOptions):
     out: str = Field(description="folder for the aligned small model (a Hugging Face model folder) and align.json")
     minutes: float = Field(10.0, gt=0, description="wall-time budget of the fine-tuning (the calibration set is "
                            "built first, and cached)")
-    loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("fkl", description="divergence to the large model: ce "
+    loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("ce", description="divergence to the large model: ce "
                                                             "(its greedy tokens), fkl/rkl (forward/reverse KL), tvd "
                                                             "(total variation), mix (ce + fkl)")
     data: Literal["large", "small", "mix"] = Field("large", description="continuations from the large model "
@@ -178,12 +177,11 @@ class AlignOptions(Options, PromptOptions):
     exclude: str | None = Field(None, description="JSONL of held-out prompts never to train on")
     eval: str | None = Field(None, description="JSONL of held-out prompts: agreement, accepted runs and small-alone "
                              "chrF before and after")
-    top_k: int = Field(32, ge=1, le=1024, description="teacher log-probabilities kept per position")
-    lr: float = Field(3e-4, gt=0, description="peak learning rate")
-    batch: int = Field(8, ge=1, description="sequences per training step")
+    teacher_top_k: int = Field(32, ge=1, le=1024, description="teacher log-probabilities kept per position")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    batch: int = Field(32, ge=1, description="sequences per training step")
     resume: bool = Field(False, description="continue an interrupted run in --out (its cached data and checkpoint)")
     overwrite: bool = Field(False, description="start afresh, deleting what --out holds")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
 
 
 Experiment = Annotated[BenchOptions | TuneOptions, Field(discriminator="command")]

@@ -7,7 +7,7 @@ A prompt set is a list of `Example`s: an id, the prompt text and an optional ref
 - `pycode`: code completion cut deterministically from held-out files of the local Python
   standard library (see bild/lab/corpus.py): a prompt of `PYCODE_PROMPT_CHARS` characters, the
   true next `PYCODE_REFERENCE_CHARS` as the reference. Needs no network.
-- Hugging Face `datasets` tasks (optional extra `bild[datasets]`, network on first use): the
+- Hugging Face `datasets` tasks (optional extra `big-little-decoder[datasets]`, network on first use): the
   paper's IWSLT 2017 and WMT 2014 De-En, CNN/DailyMail and XSum, plus WikiText-2, in the prompt
   formats the T5 checkpoints expect.
 """
@@ -146,7 +146,7 @@ def hub_examples(task: str, n: int) -> list[Example]:
     try:
         import datasets
     except ImportError:
-        raise BildError(f"task {task!r} needs the datasets package: pip install 'bild[datasets]' "
+        raise BildError(f"task {task!r} needs the datasets package: pip install 'big-little-decoder[datasets]' "
                         "(or use --task pycode, which works offline)") from None
     try:
         rows = datasets.load_dataset(spec.path, spec.name, split=spec.split)

@@ -137,6 +137,14 @@ def load_traces(path: str | Path, hidden_size: int = 0) -> tuple[list[dict[str, 
     except UnicodeDecodeError as e:
         raise BildError(f"traces file {str(path)!r} is not UTF-8 text (byte {e.start}): give the JSONL of "
                         "`bild traces`") from None
+    meta_path = path.with_name(path.name + ".meta.json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BildError(f"{meta_path} is corrupt ({type(e).__name__}): collect the traces again with "
+                        "`bild traces`") from None
     rows = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -153,14 +161,6 @@ def load_traces(path: str | Path, hidden_size: int = 0) -> tuple[list[dict[str, 
                             f"'prompt', {', '.join(FEATURES)}, 'mismatch' and 'nll'") from None
     if not rows:
         raise BildError(f"traces file {str(path)!r} is empty")
-    meta_path = path.with_name(path.name + ".meta.json")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-        if not isinstance(meta, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BildError(f"{meta_path} is corrupt ({type(e).__name__}): collect the traces again with "
-                        "`bild traces`") from None
     return rows, meta
 
 

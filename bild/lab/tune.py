@@ -171,7 +171,7 @@ def open_study(options: TuneOptions, storage: optuna.storages.RDBStorage, space:
     return study
 
 
-def shared_value(study: optuna.Study, key: str, compute: Any) -> Any:
+def shared_value(study: optuna.Study, storage: optuna.storages.BaseStorage, key: str, compute: Any) -> Any:
     """The study's value under `key`, computed and stored by the first worker that needs it.
 
     Workers that compute it at the same moment each store theirs, wait, and read back the one
@@ -180,17 +180,17 @@ def shared_value(study: optuna.Study, key: str, compute: Any) -> Any:
     if key in study.user_attrs:
         return study.user_attrs[key]
     value = compute()
-    if key not in optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs:
+    if key not in optuna.load_study(study_name=study.study_name, storage=storage).user_attrs:
         study.set_user_attr(key, value)
         time.sleep(SETTLE_SECONDS)
-    return optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[key]
+    return optuna.load_study(study_name=study.study_name, storage=storage).user_attrs[key]
 
 
 # --- measuring ---------------------------------------------------------------------------------------
 
 
-class Study:
-    """One worker's view of a study: what every trial is measured and scored against."""
+class Objective:
+    """One worker's objective: what every trial is measured and scored against."""
 
     def __init__(self, options: TuneOptions, pair: ModelPair, examples: list[Example], space: SearchSpace,
                  study: optuna.Study, costs: CostModel | None, base: list[Measurement], logger: WandbLogger,
@@ -283,7 +283,7 @@ def progress_line(study: optuna.Study, total: int, metric: str):
     return callback
 
 
-def run_trials(study: optuna.Study, objective: Study, options: TuneOptions) -> None:
+def run_trials(study: optuna.Study, objective: Objective, options: TuneOptions) -> None:
     """Run trials until the study holds `options.trials` finished ones (or this worker's timeout)."""
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     told = False
@@ -322,7 +322,7 @@ def front_rows(trials: list[FrozenTrial], metric: str) -> list[dict[str, Any]]:
              "quality_drop": t.user_attrs.get("quality_drop"), **t.user_attrs["params"]} for t in trials]
 
 
-def confirm(objective: Study, rows: list[dict[str, Any]], count: int) -> dict[int, float]:
+def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dict[int, float]:
     """Measured speedups of the `count` fastest front trials, side by side with the large model."""
     best = sorted(rows, key=lambda r: -r["speedup"])[:count]
     if not best:
@@ -388,16 +388,18 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                                                       "max_quality_drop", "space"})}
     for e in examples:  # a prompt that cannot run is refused before a study is touched
         encode_prompt(pair, e.prompt, options.generation.max_new_tokens)
-    study = open_study(options, open_storage(options), space, setup)
+    storage = open_storage(options)
+    study = open_study(options, storage, space, setup)
     costs = None
     if options.objective == "modelled":
-        costs = CostModel(**shared_value(study, "cost_model", lambda: cost_model_for(options, pair).model_dump()))
+        costs = CostModel(**shared_value(study, storage, "cost_model",
+                                         lambda: cost_model_for(options, pair).model_dump()))
         pair.cost_model = costs  # what policies that read costs (`adaptive`) see
     key = "baseline" if options.objective == "modelled" else machine_key(pair)
-    base = [Measurement(**m) for m in shared_value(study, key, lambda: [
+    base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
                                         progress=False)["large"]])]
-    objective = Study(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})})
+    objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})})
     run_trials(study, objective, options)
 
     rows = front_rows(front(study, options), options.metric)
