@@ -16,11 +16,13 @@ def test_held_out_files_are_disjoint_from_training_files():
     assert 0.02 < len(held) / (len(held) + len(train)) < 0.10
 
 
+TINY = Preset(vocab_size=300, corpus_chars=200_000, context=32, batch=2, lr=1e-3, hidden=32, heads=2, mlp=64,
+              small=ModelShape(layers=1, train_steps=3), large=ModelShape(layers=2, train_steps=5), minutes=0.1)
+
+
 def test_build_caches_a_loadable_pair(tmp_path, monkeypatch):
     monkeypatch.setenv("BILD_CACHE", str(tmp_path))
-    monkeypatch.setitem(PRESETS, "tiny", Preset(
-        vocab_size=300, corpus_chars=200_000, context=32, batch=2, lr=1e-3, hidden=32, heads=2, mlp=64,
-        small=ModelShape(layers=1, train_seconds=1), large=ModelShape(layers=2, train_seconds=1)))
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
     root = build_local_pair("tiny")
     assert root == tmp_path / "pairs" / f"stdlib-tiny-v{BUILD}"
     mtime = (root / "large" / "config.json").stat().st_mtime
@@ -33,6 +35,16 @@ def test_build_caches_a_loadable_pair(tmp_path, monkeypatch):
     cfg = GenerationConfig(max_new_tokens=8)
     assert (generate(pair, "import os\n", make_policy("exact"), cfg).token_ids
             == generate_single(pair, "import os\n", "large", cfg).token_ids)
+
+
+def test_a_rebuild_is_the_same_pair(tmp_path, monkeypatch):
+    """Steps, not wall time: the demo's figures must not depend on how fast the machine trained."""
+    monkeypatch.setenv("BILD_CACHE", str(tmp_path))
+    monkeypatch.setitem(PRESETS, "tiny", TINY)
+    root = build_local_pair("tiny")
+    first = {name: (root / name / "model.safetensors").read_bytes() for name in ("small", "large")}
+    build_local_pair("tiny", force=True)
+    assert first == {name: (root / name / "model.safetensors").read_bytes() for name in ("small", "large")}
 
 
 def test_unknown_preset():
