@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from bild.errors import BildError
+from bild.files import write_atomic
 
 FORMAT = "bild-cost-model/1"
 
@@ -80,14 +81,7 @@ class CostModel(BaseModel):
                       if k in identity and k in self.identity and identity[k] != self.identity[k])
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_text(self.model_dump_json(indent=2) + "\n")
-            tmp.replace(path)  # an interrupted save leaves no half-written file
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise BildError(f"cannot write the cost model to {str(path)!r}: {e.strerror}") from None
+        write_atomic(Path(path), self.model_dump_json(indent=2) + "\n")  # never half-written
 
     @classmethod
     def load(cls, path: str | Path) -> CostModel:

@@ -12,8 +12,8 @@ are built once per process and shape and only reset per prompt:
 Every pass also computes, on the device, what the decisions read: per row the argmax, the top
 `TOP` probabilities, the entropy and the negative log-probability of the next token fed (the
 drafts' NLL in a verification). `summarize` packs them in one `[T, 3 + TOP]` tensor that is
-copied to the host once: the only host sync of a greedy step. Logits are cloned out of the graph's buffers for a
-policy that reads them.
+copied to the host once: the only host sync of a greedy step. A padded pass clones its logits
+out of the graph's buffers (a device copy, no sync), so a policy may read them after the next pass.
 
 Padding: a verification of T tokens runs in the smallest bucket B >= T; the B - T pad tokens
 land after the real ones, so causal masking hides them from every real position, and the
@@ -50,10 +50,6 @@ class Pass(NamedTuple):
     top_probs: list[list[float]]  # [rows, TOP], most likely first
     entropy: list[float]  # [rows] nats
     next_nll: list[float]  # [rows] −log p(token fed after this row); 0 for the last fed row
-
-    @property
-    def max_prob(self) -> list[float]:  # [rows]
-        return [p[0] for p in self.top_probs]
     hidden: Callable[[], torch.Tensor]  # the last row's final hidden state [H], read during this step only
 
 

@@ -31,6 +31,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from bild.costs import CostModel
 from bild.policy import DraftStep, Outcome, Verification
 from bild.registry import register_policy
 from policies.rules import RulePolicy
@@ -87,25 +88,24 @@ class AdaptivePolicy(RulePolicy):
 
     def fallback(self, step: DraftStep) -> bool:
         """Discard the draft when even verifying it with the pending ones is not worth its extra token."""
-        state, costs = step.state, step.costs
-        state.seen[bin_of(step.max_prob)] += 1
-        survival = state.survival * state.survives(bin_of(step.max_prob))
-        if survival < state.rate * self.verify_cost(costs, step.pending + 1):
-            state.discarded = (bin_of(step.max_prob), step.token)
+        state, bin_ = step.state, bin_of(step.max_prob)
+        state.seen[bin_] += 1
+        survival = state.survival * state.survives(bin_)
+        if survival < state.rate * self.verify_cost(step.costs, step.pending + 1):
+            state.discarded = (bin_, step.token)
             return True
         state.survival = survival
-        state.pending.append(bin_of(step.max_prob))
+        state.pending.append(bin_)
         return False
 
     def stop_drafting(self, step: DraftStep) -> bool:
         """Verify now when a further draft, at the average survival, is not worth a small pass and a token."""
         state, costs = step.state, step.costs
         gain = state.survival * state.mean_survival
-        return gain < state.rate * (costs.small.pass_seconds(1) / costs.large.pass_seconds(1)
-                                    + self.verify_cost(costs, step.pending + 1))
+        return gain < state.rate * (costs.ratio + self.verify_cost(costs, step.pending + 1))
 
     @staticmethod
-    def verify_cost(costs, pending: int) -> float:
+    def verify_cost(costs: CostModel, pending: int) -> float:
         """What verifying one more draft adds to a verification of `pending` drafts, in one-token large passes."""
         return max(costs.large.pass_seconds(pending + 2) - costs.large.pass_seconds(pending + 1), 0.0
                    ) / costs.large.pass_seconds(1)

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from bild.policy import DraftStep, Policy, Verification
 from bild.registry import register_policy
+from policies.rules import low_confidence
 
 
 @register_policy("exact")
@@ -28,7 +29,7 @@ class ExactPolicy(Policy):
         return False
 
     def stop_drafting(self, step: DraftStep) -> bool:
-        return step.max_prob < self.fallback_threshold
+        return low_confidence(step, self.fallback_threshold)
 
     def rollback(self, verification: Verification) -> int:
         return verification.first_mismatch

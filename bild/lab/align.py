@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bild.errors import BildError
-from bild.lab.report import write_atomic
+from bild.files import write_atomic
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bild.errors import BildError
+from bild.files import write_atomic
 
 
 def samples_path(out: Path) -> Path:
@@ -38,17 +39,6 @@ def check_output(out: str | Path, inputs: list[str | Path | None]) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise BildError(f"cannot write results to {str(out)!r}: its folder is not writable")
     return path
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: an interruption leaves the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise BildError(f"cannot write {str(path)!r}: {e.strerror}") from None
 
 
 def _alive(pid: int) -> bool:

@@ -30,7 +30,8 @@ import torch
 from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
-from bild.lab.report import check_output, write_atomic
+from bild.files import write_atomic
+from bild.lab.report import check_output
 from bild.lab.tasks import Example
 from bild.observer import Observer
 from bild.pair import ModelPair
