@@ -9,7 +9,9 @@ Everything version-dependent lives here, so the rest of the engine speaks in pos
 Two kinds: a dynamic cache grows with every pass (the default, any model); a static cache is
 preallocated for `capacity` positions and never reallocates, which is what CUDA graphs need.
 The caller keeps the host-side count of positions a cache holds and passes counts to `rewind`:
-reading a static cache's length would sync with the device.
+reading a static cache's length would sync with the device. Rewinds are relative, so a
+generation starts from an absolute position instead: `restart` sets every layer's pointer to
+zero on the device, whatever an interrupted pass left there.
 
 Limits: a static cache serves decoder-only models whose layers all use full attention;
 `static_unsupported` names why another model cannot use one. Sliding-window dynamic layers
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.cache_utils import Cache
@@ -78,3 +81,14 @@ def rewind(cache: Cache, drop: int) -> None:
     except (RuntimeError, ValueError) as e:
         raise BildError(f"this model's KV cache cannot be rewound ({e}); use a model without "
                         "sliding-window attention") from e
+
+
+def restart(cache: Cache) -> None:
+    """Empty a static cache for a new generation: every layer's position pointer to 0, on the device
+    (no host sync; the stale keys are masked out by position and overwritten, as after `rewind`)."""
+    for layer in cache.layers:
+        pointer = getattr(layer, "cumulative_length", None)
+        if isinstance(pointer, torch.Tensor):
+            pointer.zero_()
+        else:
+            layer.reset()

@@ -42,24 +42,24 @@ class PassCosts(BaseModel):
     def prefill_seconds(self, n: int) -> float:
         return self.prefill[0] + self.prefill[1] * n
 
+    def model_seconds(self, model: Any) -> float:
+        """Modelled seconds of one model's passes (`ModelStats`): its first passes, then the rest by length."""
+        first = model.prefills * self.prefill[0] + model.prefill * self.prefill[1] if model.prefills else 0.0
+        return first + sum(c * self.pass_seconds(int(n)) for n, c in model.passes.items())
+
 
 class CostModel(BaseModel):
     format: Literal["bild-cost-model/1"] = FORMAT
     small: PassCosts
     large: PassCosts
     overhead_per_pass: float = 0.0  # the engine's and policy's own seconds per model pass
-    identity: dict[str, Any] = {}  # pair, device, dtype, fast path, versions: what the costs are valid for
+    identity: dict[str, Any] = {}  # what the costs are valid for (the models' shapes, hardware, dtype, fast path)
     created: str = ""
 
     def seconds(self, stats: Any) -> float:
-        """Modelled seconds of a generation from its `GenerationStats`."""
-        total = 0.0
-        for which in ("small", "large"):
-            costs: PassCosts = getattr(self, which)
-            if getattr(stats, f"{which}_prefill"):
-                total += costs.prefill_seconds(getattr(stats, f"{which}_prefill"))
-            total += sum(c * costs.pass_seconds(int(n)) for n, c in getattr(stats, f"{which}_passes").items())
-        return total + self.overhead_per_pass * (stats.small_calls + stats.large_calls)
+        """Modelled seconds of a generation (or of several, added up) from its `GenerationStats`."""
+        return sum(costs.model_seconds(model) + self.overhead_per_pass * model.calls
+                   for costs, model in ((self.small, stats.small), (self.large, stats.large)))
 
     @classmethod
     def prior(cls, small_layers: int, large_layers: int) -> CostModel:
@@ -74,11 +74,6 @@ class CostModel(BaseModel):
     def ratio(self) -> float:
         """A one-token small pass over a one-token large pass: how cheap a draft is."""
         return self.small.passes[0] / self.large.passes[0]
-
-    def mismatch(self, identity: dict[str, Any]) -> list[str]:
-        """The identity keys (pair, device, dtype, ...) whose values differ from `identity`'s."""
-        return sorted(k for k in ("small_hash", "large_hash", "hardware", "dtype", "fast_path")
-                      if k in identity and k in self.identity and identity[k] != self.identity[k])
 
     def save(self, path: str | Path) -> None:
         write_atomic(Path(path), self.model_dump_json(indent=2) + "\n")  # never half-written

@@ -9,7 +9,8 @@ rollback. No position is ever recomputed unless it was rolled back: the invarian
 check through the pass counts.
 
 Per pass it counts how many tokens were fed (a histogram by length: what the cost model
-prices) and the seconds spent, the host sync of the pass's summary included.
+prices) and the seconds spent, the host sync of the pass's summary included; `stats()` gives
+them with the fast path the runner ran on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 
 from bild.forward import Pass, Runner
+from bild.stats import ModelStats
 
 
 class Decoder:
@@ -55,3 +57,9 @@ class Decoder:
     @property
     def positions(self) -> int:
         return self.prefill + sum(n * c for n, c in self.passes.items())
+
+    def stats(self) -> ModelStats:
+        captured, buckets = self.runner.graphs
+        return ModelStats(calls=self.calls, positions=self.positions, prefill=self.prefill,
+                          passes=dict(sorted(self.passes.items())), seconds=self.seconds,
+                          fast_path=self.runner.fast_path, graphs_captured=captured, graph_buckets=buckets)

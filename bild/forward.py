@@ -1,29 +1,38 @@
 """One model's forward passes on a chosen fast path, and the summary every decision reads.
 
 A `Runner` owns one model's KV cache and feeds it tokens at the cache's end. It lives as long as
-the pair (`runner_for` keeps one per model and fast path), so static buffers and captured graphs
-are built once per process and shape and only reset per prompt:
+the pair (`ModelPair.runner` keeps one per model and fast path), so static buffers and captured
+graphs are built once per process and shape and only reset per prompt:
 
     off       a dynamic cache, eager passes of exactly the tokens fed (any model)
     static    a static cache rewound by position, eager passes (works on CPU; what CPU tests use)
     graph     a static cache, passes padded to a few lengths ("buckets") and replayed as CUDA graphs
     compile   the same padded step under torch.compile(mode="reduce-overhead", fullgraph=True)
 
-Every pass also computes, on the device, what the decisions read: per row the argmax, the top
+`resolve_fast_path` decides once per model which of these serves it; the runner carries the
+answer (`Runner.fast_path`, and for padded runners how many buckets were captured), and every
+generation's statistics report it.
+
+Every pass computes, on the device, what the decisions read: per row the argmax, the top
 `TOP` probabilities, the entropy and the negative log-probability of the next token fed (the
 drafts' NLL in a verification). `summarize` packs them in one `[T, 3 + TOP]` tensor that is
-copied to the host once: the only host sync of a greedy step. A padded pass clones its logits
-out of the graph's buffers (a device copy, no sync), so a policy may read them after the next pass.
+copied to the host once: the only host sync of a greedy step. A `Pass` owns its tensors: a padded
+pass copies its logits and hidden state out of the graph's static buffers (device copies, no
+sync), so a policy may hold them while later passes replay the same graph.
 
 Padding: a verification of T tokens runs in the smallest bucket B >= T; the B - T pad tokens
 land after the real ones, so causal masking hides them from every real position, and the
 runner drops them from the cache before its next pass. The first pass of a generation (the
 prompt) and passes longer than the top bucket run eagerly at their exact length.
+
+Capture: a padded runner prepares every bucket when a generation starts on a cache that lacks
+it (once per cache: in a bench, during its warm-up), from position 0 of the empty cache, by a
+`Capture`: CUDA graphs on one side stream into one memory pool, or torch.compile. A bucket
+whose capture fails runs eagerly, with one warning line.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
 from abc import ABC, abstractmethod
@@ -33,13 +42,15 @@ from typing import NamedTuple
 import torch
 from transformers import PreTrainedModel
 
-from bild.cache import cache_kwarg, dynamic_cache, rewind, static_cache, static_unsupported
+from bild.cache import cache_kwarg, dynamic_cache, restart, rewind, static_cache, static_unsupported
 from bild.errors import BildError
 
 log = logging.getLogger("bild")
 
 TOP = 4  # probabilities of the most likely tokens each pass reports (a margin, a runner-up's weight)
-Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # the padded pass: logits, summary, hidden
+Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # a padded pass: logits, summary, hidden
+Undo = Callable[[], None]  # puts the cache's pointer back where it was before the step ran
+Capture = Callable[[Step, Undo], Step]  # a padded pass over static inputs -> its fast version
 
 
 class Pass(NamedTuple):
@@ -50,7 +61,7 @@ class Pass(NamedTuple):
     top_probs: list[list[float]]  # [rows, TOP], most likely first
     entropy: list[float]  # [rows] nats
     next_nll: list[float]  # [rows] −log p(token fed after this row); 0 for the last fed row
-    hidden: Callable[[], torch.Tensor]  # the last row's final hidden state [H], read during this step only
+    hidden: torch.Tensor  # [H] the last row's final hidden state, owned by the caller
 
 
 def summarize(logits: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
@@ -62,7 +73,7 @@ def summarize(logits: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.stack([arg[:, 0].float(), entropy, nll], dim=-1), top.exp()], dim=-1)
 
 
-def to_pass(logits: torch.Tensor, summary: torch.Tensor, hidden: Callable[[], torch.Tensor]) -> Pass:
+def to_pass(logits: torch.Tensor, summary: torch.Tensor, hidden: torch.Tensor) -> Pass:
     """The host view of one pass: one device-to-host copy of the summary."""
     rows = summary.tolist()
     return Pass(logits, [int(r[0]) for r in rows], [r[3:] for r in rows], [r[1] for r in rows],
@@ -72,9 +83,12 @@ def to_pass(logits: torch.Tensor, summary: torch.Tensor, hidden: Callable[[], to
 class Runner(ABC):
     """Feeds one model tokens at the end of its cache; reset per generation, kept per pair."""
 
-    def __init__(self, model: PreTrainedModel, vocab: int) -> None:
+    fast_path = "off"
+
+    def __init__(self, model: PreTrainedModel, vocab: int, label: str = "model") -> None:
         self.model = model
         self.vocab = vocab  # logit width shared with the other model
+        self.label = label  # which model of the pair, for messages
         self.device = model.device
         self.encoder_decoder = bool(model.config.is_encoder_decoder)
         self.input_key = "decoder_input_ids" if self.encoder_decoder else "input_ids"
@@ -82,11 +96,18 @@ class Runner(ABC):
         self.keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self.encoder_outputs = None
         self.hidden: torch.Tensor | None = None  # the output layer's input in the last pass: [1, rows, H]
-        # a reference costs nothing; a policy that reads the hidden state slices it during its step
         model.get_output_embeddings().register_forward_hook(self._keep_hidden)
 
     def _keep_hidden(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.hidden = args[0]
+
+    @property
+    def graphs(self) -> tuple[int, int]:
+        """(buckets captured, buckets) of a padded runner; (0, 0) for an eager one."""
+        return 0, 0
+
+    def widen(self, most: int) -> None:  # noqa: B027  (a no-op for runners that do not pad)
+        """Make passes of up to `most` tokens fast too (padded runners only)."""
 
     def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
         """Empty the cache for a generation of at most `capacity` positions (prompt included)."""
@@ -115,8 +136,7 @@ class Runner(ABC):
         tensor = torch.tensor([ids], device=self.device)  # [1, T]
         logits = self.forward(tensor, cache, keep)  # [keep, V]
         nxt = torch.cat([tensor[0, len(ids) - keep + 1:], tensor.new_zeros(1)])  # [keep]
-        hidden = self.hidden
-        return to_pass(logits, summarize(logits, nxt), lambda: hidden[0, -1])
+        return to_pass(logits, summarize(logits, nxt), self.hidden[0, -1])  # fresh tensors: nothing reuses them
 
 
 class DynamicRunner(Runner):
@@ -136,11 +156,14 @@ class DynamicRunner(Runner):
 class StaticRunner(Runner):
     """`static`: one preallocated cache rewound by position; eager passes of exactly what is fed.
 
-    The host counts the positions the cache holds (`length`), so nothing reads the device pointer.
+    The host counts the positions the cache holds (`length`), so nothing reads the device pointer;
+    `start` sets both to zero, so a pass interrupted by an exception cannot leave them apart.
     """
 
-    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None) -> None:
-        super().__init__(model, vocab)
+    fast_path = "static"
+
+    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, label: str = "model") -> None:
+        super().__init__(model, vocab, label)
         self.context = context  # the model's own limit on positions, if any
         self.cache = None
         self.capacity = 0
@@ -151,8 +174,7 @@ class StaticRunner(Runner):
         if capacity > self.capacity:
             # round up so prompts of similar length share one cache (and its captured graphs)
             self.allocate(max(256, 1 << (capacity - 1).bit_length()))
-        else:
-            rewind(self.cache, self.length)
+        restart(self.cache)
         self.length = 0
 
     def allocate(self, capacity: int) -> None:
@@ -188,60 +210,73 @@ def powers_of_two(most: int) -> list[int]:
     return [1 << i for i in range((most - 1).bit_length() + 1)]
 
 
-Prepare = Callable[[Step], Step]  # turns a pass over static inputs into its fast version
 PAD_ROOM = 32  # positions a padded cache keeps past its capacity, so a larger draft cap needs no new cache
 
 
 class PaddedRunner(StaticRunner):
-    """`graph` and `compile`: passes padded to buckets, each bucket's step prepared once per cache.
+    """`graph` and `compile`: passes padded to buckets, each bucket's step prepared once per cache by `capture`."""
 
-    `prepare` turns the eager step into its fast form: CUDA-graph capture (`cuda_graph`),
-    `torch.compile` (`compiled`), or itself (`as_is`, which tests use on the CPU to exercise
-    the bookkeeping without a GPU).
-    """
-
-    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, most: int, prepare: Prepare,
-                 bucketing: Callable[[int], list[int]] = buckets_for) -> None:
-        super().__init__(model, vocab, context)
+    def __init__(self, model: PreTrainedModel, vocab: int, context: int | None, most: int, capture: Capture,
+                 fast_path: str, bucketing: Callable[[int], list[int]] = buckets_for, label: str = "model") -> None:
+        super().__init__(model, vocab, context, label)
+        self.fast_path = fast_path
         self.bucketing = bucketing
         self.buckets = bucketing(most)
-        self.prepare = prepare
+        self.capture = capture
         self.steps: dict[int, tuple[torch.Tensor, torch.Tensor, Step]] = {}  # size -> host and device inputs, step
+        self.failed: set[int] = set()  # buckets whose capture failed on this cache: they run eagerly
         self.pad = 0  # pad positions at the cache's end, dropped before the next pass
         self.pad_room = 0  # pad positions the cache has room for
+
+    @property
+    def graphs(self) -> tuple[int, int]:
+        return len(self.steps), len(self.buckets)
 
     def allocate(self, capacity: int) -> None:
         self.pad_room = max(self.buckets[-1], PAD_ROOM)
         super().allocate(capacity + self.pad_room)  # room for the pads of a full-length pass
-        self.steps.clear()  # prepared steps point at the old cache
+        self.steps.clear()  # they point at the old cache (the capture keeps their graphs alive)
+        self.failed.clear()
 
     def widen(self, most: int) -> None:
-        """Make passes of up to `most` tokens padded too (prepared steps stay valid)."""
         if most > self.buckets[-1]:
             self.buckets = sorted(set(self.buckets) | set(self.bucketing(most)))
             if self.buckets[-1] > self.pad_room:
                 self.capacity = 0  # the next start reallocates, with room for the longer pads
 
-    def feed(self, ids: list[int], keep: int) -> Pass:
-        self.rewind_pads()
-        size = next((b for b in self.buckets if b >= len(ids)), None)
-        if self.length == 0 or size is None or (self.context and self.length + size > self.context):
-            return super().feed(ids, keep)
-        self.reserve(size)
-        if size not in self.steps:
-            self.steps[size] = self.build(size)
-        host, inputs, step = self.steps[size]
-        host[0, : len(ids)] = torch.tensor(ids)
-        host[0, len(ids):] = ids[-1]  # pads repeat the last token
-        inputs.copy_(host, non_blocking=True)  # pinned on CUDA: no sync here
-        logits, summary, hidden = step()  # [B, V], [B, 4], [1, B, H]
-        self.length += size
-        self.pad = size - len(ids)
-        rows = slice(len(ids) - keep, len(ids))
-        return to_pass(logits[rows].clone(), summary[rows], lambda: hidden[0, len(ids) - 1].clone())
+    def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
+        super().start(capacity, encoder_ids)
+        self.pad = 0
+        missing = [b for b in self.buckets if b not in self.steps and b not in self.failed]
+        if missing:
+            self.prepare(missing)
+
+    def prepare(self, sizes: list[int]) -> None:
+        """Capture the step of each bucket in `sizes` on this (empty) cache; a failure leaves a bucket eager."""
+        if self.fast_path == "compile":
+            log.info("bild: compiling the %s model's passes of %s tokens (once per process; this can take minutes)",
+                     self.label, ", ".join(map(str, sizes)))
+        # the cache allocates its tensors on its first write: let that happen eagerly, before any capture
+        self.forward(torch.zeros(1, 1, dtype=torch.long, device=self.device), self.cache, 1)
+        failures = []
+        for size in sizes:
+            restart(self.cache)
+            if self.context and size > self.context:
+                self.failed.add(size)
+                continue
+            try:
+                self.steps[size] = self.build(size)
+            except Exception as e:  # capture and compilation fail with many types (CUDA, dynamo, inductor)
+                self.failed.add(size)
+                failures.append((size, f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"))
+        restart(self.cache)
+        if failures:
+            log.warning("bild: %d of %d %s buckets of the %s model could not be prepared (passes of %s tokens; first "
+                        "error %s); those passes run eagerly", len(failures), len(self.buckets), self.fast_path,
+                        self.label, ", ".join(str(s) for s, _ in failures), failures[0][1])
 
     def build(self, size: int) -> tuple[torch.Tensor, torch.Tensor, Step]:
-        """Static inputs of one bucket and its prepared step (warmed up, leaving the cache as it was)."""
+        """Static inputs of one bucket and its captured step."""
         host = torch.zeros(1, size, dtype=torch.long, pin_memory=self.device.type == "cuda")  # [1, B]
         inputs = torch.zeros(1, size, dtype=torch.long, device=self.device)  # [1, B]
 
@@ -250,16 +285,25 @@ class PaddedRunner(StaticRunner):
             nxt = torch.cat([inputs[0, 1:], inputs.new_zeros(1)])  # [B]
             return logits, summarize(logits, nxt), self.hidden  # hidden: set by the hook in this pass
 
-        return host, inputs, self.prepare(self.warmed(step, size))
+        return host, inputs, self.capture(step, lambda: rewind(self.cache, size))
 
-    def warmed(self, step: Step, size: int) -> Step:
-        """Run `step` twice (allocations, lazy init, autotuning), rewinding the cache each time."""
-        for _ in range(2):
-            step()
-            rewind(self.cache, size)
-        return step
+    def feed(self, ids: list[int], keep: int) -> Pass:
+        self.drop_pads()
+        size = next((b for b in self.buckets if b >= len(ids)), None)
+        if self.length == 0 or size not in self.steps or (self.context and self.length + size > self.context):
+            return super().feed(ids, keep)
+        self.reserve(size)
+        host, inputs, step = self.steps[size]
+        host[0, : len(ids)] = torch.tensor(ids)
+        host[0, len(ids):] = ids[-1]  # pads repeat the last token
+        inputs.copy_(host, non_blocking=True)  # pinned on CUDA: no sync here
+        logits, summary, hidden = step()  # [B, V], [B, 3 + TOP], [1, B, H]: the graph's static outputs
+        self.length += size
+        self.pad = size - len(ids)
+        rows = slice(len(ids) - keep, len(ids))
+        return to_pass(logits[rows].clone(), summary[rows], hidden[0, len(ids) - 1].clone())
 
-    def rewind_pads(self) -> None:
+    def drop_pads(self) -> None:
         if self.pad:
             rewind(self.cache, self.pad)
             self.length -= self.pad
@@ -271,70 +315,79 @@ class PaddedRunner(StaticRunner):
         self.pad = 0
 
 
-def as_is(step: Step) -> Step:
-    """The eager step itself ("replay" = an eager call on the static buffers)."""
-    return step
+class CudaGraphs:
+    """`graph`'s capture: every step of one runner captured on one side stream, into one memory pool.
 
-
-def cuda_graph(step: Step, shared: dict | None = None) -> Step:
-    """Capture `step` (already warmed up) as a CUDA graph; replaying it updates its static outputs.
-
-    The graphs given one `shared` dict share a memory pool (one runner's: they never replay at
-    once, and each one's outputs stay allocated while the graph lives, so none writes over another's).
+    The graphs share the pool: they never replay at once, and each one's outputs stay allocated
+    while it lives, so none writes over another's. Every graph is kept as long as the runner, since
+    later captures may reuse memory (cuBLAS workspaces among it) that an earlier graph recorded.
     """
-    pool = None if shared is None else shared.setdefault("pool", torch.cuda.graph_pool_handle())
-    graph = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, pool=pool, stream=stream):
-        outputs = step()  # recorded, not run: the cache's pointer does not move here
-    torch.cuda.current_stream().wait_stream(stream)
 
-    def replay() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        graph.replay()
-        return outputs
+    def __init__(self) -> None:
+        self.stream: torch.cuda.Stream | None = None
+        self.pool = None
+        self.graphs: list[torch.cuda.CUDAGraph] = []
 
-    return replay
+    def __call__(self, step: Step, undo: Undo) -> Step:
+        if self.stream is None:
+            self.stream, self.pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            for _ in range(2):  # allocations, lazy initialisation, autotuning: outside the capture
+                step()
+                undo()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                outputs = step()  # recorded, not run: the cache's pointer does not move here
+        torch.cuda.current_stream().wait_stream(self.stream)
+        self.graphs.append(graph)
+
+        def replay() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            graph.replay()
+            return outputs
+
+        return replay
 
 
-def compiled(step: Step) -> Step:
-    """`torch.compile` of the step: CUDA graphs through torch's own machinery on CUDA."""
+def compiled(step: Step, undo: Undo) -> Step:
+    """`compile`'s capture: `torch.compile` of the step (CUDA graphs through torch's own machinery on CUDA)."""
     dynamo = torch._dynamo.config
     if hasattr(dynamo, "recompile_limit"):  # one graph per bucket and cache: more than the default 8
         dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
     mode = "reduce-overhead" if torch.cuda.is_available() else None
-    return torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+    fast = torch.compile(step, mode=mode, fullgraph=True, dynamic=False)
+    for _ in range(2):  # compile, then let the cudagraph trees record: outside any timed pass
+        fast()
+        undo()
+    return fast
 
 
 # --- choosing a fast path ------------------------------------------------------------------------
 
 
-def resolve_fast_path(requested: str, models: dict[str, PreTrainedModel], device: torch.device) -> str:
-    """The fast path that will run: `auto` picks `graph` on CUDA where every model allows it."""
-    reasons = {name: r for name, m in models.items() if (r := static_unsupported(m))}
+def resolve_fast_path(requested: str, model: PreTrainedModel, label: str = "model") -> str:
+    """The fast path that will serve `model`: `auto` picks `graph` on CUDA where the model allows it."""
+    reason = static_unsupported(model)
+    cuda = model.device.type == "cuda"
     if requested == "auto":
-        if device.type != "cuda":
-            return "off"
-        if reasons:
-            name, reason = next(iter(reasons.items()))
-            log.info("bild: decoding eagerly (fast_path off): %s (%s model)", reason, name)
-            return "off"
-        return "graph"
-    if requested != "off" and reasons:
-        name, reason = next(iter(reasons.items()))
-        raise BildError(f"fast_path={requested!r} cannot serve the {name} model: {reason}; use --fast-path off")
-    if requested == "graph" and device.type != "cuda":
-        raise BildError(f"fast_path='graph' needs a CUDA GPU, but the models are on {device.type}: use "
+        if cuda and reason:
+            log.info("bild: decoding the %s model eagerly (fast_path off): %s", label, reason)
+        return "graph" if cuda and not reason else "off"
+    if requested != "off" and reason:
+        raise BildError(f"fast_path={requested!r} cannot serve the {label} model: {reason}; use --fast-path off")
+    if requested == "graph" and not cuda:
+        raise BildError(f"fast_path='graph' needs a CUDA GPU, but the {label} model is on {model.device.type}: use "
                         "--fast-path static (static cache, eager) or off")
     return requested
 
 
-def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, context: int | None) -> Runner:
-    """A runner for `model` whose padded passes go up to `most` tokens."""
+def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, context: int | None,
+                label: str = "model") -> Runner:
+    """A runner for `model` on a resolved fast path, whose padded passes go up to `most` tokens."""
     if fast_path == "off":
-        return DynamicRunner(model, vocab)
+        return DynamicRunner(model, vocab, label)
     if fast_path == "static":
-        return StaticRunner(model, vocab, context)
+        return StaticRunner(model, vocab, context, label)
     if fast_path == "graph":
-        return PaddedRunner(model, vocab, context, most, functools.partial(cuda_graph, shared={}))
-    return PaddedRunner(model, vocab, context, most, compiled, powers_of_two)  # each shape costs a compilation
+        return PaddedRunner(model, vocab, context, most, CudaGraphs(), "graph", label=label)
+    return PaddedRunner(model, vocab, context, most, compiled, "compile", powers_of_two, label)  # a shape: a compile

@@ -2,12 +2,15 @@
 
 An `Observer` gets every event of a generation; every hook is a no-op by default, so a subclass
 overrides what it needs. Observers are passed to `generate(..., observers=[...])`; they must not
-change what they are shown (a policy decides; an observer records).
+change what they are shown (a policy decides; an observer records). The engine attaches a
+`StatsRecorder` to every generation.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from bild.stats import GenerationStats
 
 if TYPE_CHECKING:
     from bild.policy import DraftStep, Outcome, Verification
@@ -18,7 +21,7 @@ class Observer:
     def before_generation(self, prompt_ids: list[int]) -> None:
         """A generation starts."""
 
-    def after_draft(self, step: DraftStep, fallback: bool) -> None:
+    def after_draft(self, step: DraftStep, fell_back: bool) -> None:
         """The small model proposed `step.token`; the policy fell back or kept it."""
 
     def after_verification(self, verification: Verification, outcome: Outcome) -> None:
@@ -26,3 +29,23 @@ class Observer:
 
     def after_generation(self, result: GenerationResult) -> None:
         """The generation finished."""
+
+
+class StatsRecorder(Observer):
+    """Counts drafts, fallbacks, cap hits, rollbacks and acceptance by position."""
+
+    def __init__(self) -> None:
+        self.stats = GenerationStats()
+
+    def after_draft(self, step: DraftStep, fell_back: bool) -> None:
+        self.stats.fallbacks += fell_back
+
+    def after_verification(self, verification: Verification, outcome: Outcome) -> None:
+        s = self.stats
+        s.draft_tokens += outcome.drafted
+        s.accepted_draft_tokens += outcome.kept
+        s.forced_verifications += outcome.ended == "cap"
+        s.record_round(outcome.drafted, outcome.kept)
+        if outcome.kept < outcome.drafted:
+            s.rollbacks += 1
+            s.rolled_back_tokens += outcome.drafted - outcome.kept

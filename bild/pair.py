@@ -9,8 +9,8 @@ compares the common prefix) and encoder-decoders start decoding from the same to
 
 Device defaults to CUDA when available, else CPU; dtype defaults to float32 on CPU and
 bfloat16 (float16 where unsupported) on CUDA. The pair also keeps each model's long-lived
-runners (bild/forward.py: caches, static buffers, captured graphs), so they are built once per
-process and reused by every generation.
+runners (`runner`; bild/forward.py: caches, static buffers, captured graphs), so they are built
+once per process and reused by every generation.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bild import forward
 from bild.costs import CostModel
 from bild.errors import BildError
 
@@ -196,13 +197,33 @@ class ModelPair:
     tokenizer: PreTrainedTokenizerBase
     small_name: str = "small"
     large_name: str = "large"
-    runners: dict = field(default_factory=dict, repr=False)  # (model, fast path) -> bild.forward.Runner
-    cost_model: CostModel | None = None  # set by `bild calibrate`/bench/tune; policies read it as `step.costs`
+    cost_model: CostModel | None = None  # what `generate` prices passes with unless given `costs=` (else a prior)
+    _runners: dict[tuple[str, str], forward.Runner] = field(default_factory=dict, repr=False)
+    _paths: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (model, asked) -> fast path
 
     def __post_init__(self) -> None:
         self.vocab_size = check_models(self.small, self.large, len(self.tokenizer))
         self.device = self.large.device
         self.dtype = self.large.dtype
+
+    def model(self, which: str) -> PreTrainedModel:
+        if which not in ("small", "large"):
+            raise BildError(f"unknown model {which!r}: use 'small' or 'large'")
+        return self.small if which == "small" else self.large
+
+    def runner(self, which: str, fast_path: str, most: int = 1) -> forward.Runner:
+        """The long-lived runner of one model on the fast path that `fast_path` resolves to for it
+        (decided once per model and request), its padded passes going up to `most` tokens."""
+        model = self.model(which)
+        if (which, fast_path) not in self._paths:
+            self._paths[which, fast_path] = forward.resolve_fast_path(fast_path, model, which)
+        key = (which, self._paths[which, fast_path])
+        if key not in self._runners:
+            self._runners[key] = forward.make_runner(model, self.vocab_size, key[1], most, self.context_length(model),
+                                                     which)
+        runner = self._runners[key]
+        runner.widen(most)
+        return runner
 
     @property
     def eos_ids(self) -> set[int]:

@@ -10,17 +10,20 @@ Parameters are immutable pydantic fields, validated on construction, with bounds
 spaces. State is explicit: `new_state()` creates the object a policy keeps between decisions
 (None by default). The engine creates one per generation unless the caller passes one (a bench
 or tune passes one per method and run, so a policy that learns across prompts keeps what it
-learned; a fresh `new_state()` is the reset). The state reaches the optional hooks, no-ops by
-default, in the spirit of Optuna's `before_trial`/`after_trial`:
+learned; a fresh `new_state()` is the reset). Decisions only decide; what a policy remembers is
+updated in the optional hooks, no-ops by default, in the spirit of Optuna's
+`before_trial`/`after_trial`:
 
-    before_generation(state, prompt_ids)            a generation starts: reset per-prompt parts
-    after_verification(state, verification, outcome) a verification finished, with its outcome
+    before_generation(state, prompt_ids)              a generation starts: reset per-prompt parts
+    after_draft(state, step, fell_back)               `fallback` decided on this draft
+    after_verification(state, verification, outcome)  a verification finished, with its outcome
 
-and every view carries it as `.state`, beside `.history` (what happened earlier in this
-generation) and `.costs` (what a pass of each model costs: the pair's calibrated cost model, or
-a prior from the models' depths). Views compute derived quantities lazily and at most once; the per-row summary
-(argmax, max probability, entropy, the drafts' NLL) comes with the pass, computed on the device
-and copied to the host once, so reading it costs nothing more.
+Every view carries the state as `.state`, beside `.history` (what happened earlier in this
+generation) and `.costs` (what a pass of each model costs: the cost model the generation was
+given, else the pair's, else a prior from the models' depths). Views compute derived quantities
+lazily and at most once; the per-row summary (argmax, top probabilities, entropy, the drafts'
+NLL) comes with the pass, computed on the device and copied to the host once, so reading it
+costs nothing more.
 """
 
 from __future__ import annotations
@@ -37,15 +40,21 @@ from bild.costs import CostModel
 from bild.forward import Pass
 from bild.sampling import Sampler
 
-StopReason = Literal["fallback", "stop", "cap", "eos", "length"]
+DraftEnd = Literal["fallback", "stop", "cap", "eos", "length"]  # why drafting ended (not why generation did)
 
 
 class Outcome(NamedTuple):
-    """How one verification ended: `kept` of `drafted` drafts survived; why drafting stopped."""
+    """How one verification ended: `kept` of `drafted` drafts survived; `ended` says why drafting had ended
+    (the policy fell back or stopped drafting, the cap, a drafted EOS, or max_new_tokens)."""
 
     drafted: int
     kept: int
-    reason: StopReason
+    ended: DraftEnd
+
+    @property
+    def reason(self) -> DraftEnd:
+        """Deprecated name of `ended`."""
+        return self.ended
 
 
 @dataclass
@@ -137,10 +146,10 @@ class DraftStep(View):
         """The small model's distribution (softmax of its logits, whatever the sampling settings)."""
         return torch.softmax(self.logits.float(), dim=-1)
 
-    @cached_property
+    @property
     def hidden(self) -> torch.Tensor:  # [H]
-        """The small model's final hidden state at this position (read it during `fallback`)."""
-        return self.out.hidden()
+        """The small model's final hidden state at this position (a tensor the step owns)."""
+        return self.out.hidden
 
     @cached_property
     def sampling_probs(self) -> torch.Tensor | None:  # [V]
@@ -224,8 +233,8 @@ class Policy(BaseModel, ABC):
     """Base class of every policy: subclass it, declare parameters as fields, implement both rules.
 
     Optional: `stop_drafting` (keep a draft, but verify now); `new_state` and the hooks
-    `before_generation` / `after_verification` for a policy that keeps state; `describe` for its
-    line in `bild policies` (default: the class docstring).
+    `before_generation` / `after_draft` / `after_verification` for a policy that keeps state;
+    `describe` for its line in `bild policies` (default: the class docstring).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -260,6 +269,9 @@ class Policy(BaseModel, ABC):
 
     def before_generation(self, state: Any, prompt_ids: list[int]) -> None:
         """A generation starts (reset per-prompt parts of `state` here)."""
+
+    def after_draft(self, state: Any, step: DraftStep, fell_back: bool) -> None:
+        """`fallback` returned `fell_back` for this draft (update what the next decisions read here)."""
 
     def after_verification(self, state: Any, verification: Verification, outcome: Outcome) -> None:
         """A verification finished: `outcome.kept` of `outcome.drafted` drafts survived."""

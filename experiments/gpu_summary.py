@@ -1,12 +1,14 @@
-"""Markdown summary of a `gpu_check.sh` run: the bench table, per-pass costs, the targets of issue 9.
+"""Markdown summary of a `gpu_check.sh` run: environment, smoke, per-pass costs, the benches, the CUDA tests,
+and the targets of issue 9. Every piece is optional: a missing or broken file is one line saying so.
 
-Usage: python experiments/gpu_summary.py OUT_DIR > OUT_DIR/summary.md (reads what exists there).
+Usage: python experiments/gpu_summary.py OUT_DIR (prints Markdown).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -14,74 +16,106 @@ def fmt(value: object, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def environment(out: Path) -> list[str]:
+    env = read_json(out / "environment.json")
+    return [f"GPU: {env.get('gpu')}; python {env.get('python')}, torch {env.get('torch')}, transformers "
+            f"{env.get('transformers')}"]
+
+
+def smoke(out: Path) -> list[str]:
+    s = read_json(out / "smoke.json")
+    rp = s.get("reduced_precision", {})
+    return [f"Smoke: one generation in {rp.get('dtype')} on `{s.get('fast_path')}` "
+            f"({rp.get('tokens')} tokens, large model on {rp.get('large', {}).get('fast_path')}, "
+            f"{rp.get('large', {}).get('graphs_captured')}/{rp.get('large', {}).get('graph_buckets')} buckets "
+            f"captured); fp32 `exact` == `large` on the same path: {s.get('fp32_exact_equals_large')}"]
+
+
 def bench_table(report: dict) -> list[str]:
-    rows = report["methods"]
-    eager = rows.get("large@fast_path=off", {}).get("tokens_per_s")
+    rows = report.get("methods", {})
     assisted = rows.get("hf-assisted", {}).get("tokens_per_s")
-    lines = ["| method | tokens/s | × large eager | × hf-assisted | chrF | exact match | engine ms/token | "
-             "peak GPU MiB |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"{report.get('prompts_done')} prompts of pycode_eval.jsonl, 64 new tokens, "
+             f"{report.get('machine', {}).get('dtype')}, complete: {report.get('complete')}", "",
+             "| method | fast paths | tokens/s | × its anchor | modelled | × hf-assisted | exact match | first diff "
+             "| τ | engine ms/token | peak GPU MiB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         st = r.get("stats") or {}
-        lines.append(f"| `{name}` | {fmt(r['tokens_per_s'], '.1f')} | "
-                     f"{fmt(r['tokens_per_s'] / eager if eager else None)} | "
-                     f"{fmt(r['tokens_per_s'] / assisted if assisted else None)} | {fmt(r['chrf'], '.1f')} | "
-                     f"{fmt(r['exact_match_with_large'])} | {fmt(st.get('overhead_ms_per_token'), '.3f')} | "
+        paths = ", ".join(f"{k} {v}" for k, v in (r.get("fast_paths") or {}).items()) or "transformers"
+        lines.append(f"| `{name}` | {paths} | {fmt(r.get('tokens_per_s'), '.1f')} | {fmt(r.get('speedup_vs_large'))} "
+                     f"(`{r.get('anchor')}`) | {fmt(r.get('modelled_speedup_vs_large'))} | "
+                     f"{fmt(r['tokens_per_s'] / assisted if assisted else None)} | "
+                     f"{fmt(r.get('exact_match_with_large'))} | {fmt(r.get('first_difference'), '.0f')} | "
+                     f"{fmt(st.get('mean_accepted_tokens'))} | {fmt(st.get('overhead_ms_per_token'), '.3f')} | "
                      f"{fmt(r.get('peak_gpu_mib'), '.0f')} |")
-    return lines
+    return lines + [f"- note: {n}" for n in report.get("notes", [])]
 
 
-def cost_table(out: Path) -> list[str]:
+def costs(out: Path) -> list[str]:
     lines = []
     for path in sorted(out.glob("costs-*.json")):
-        costs = json.loads(path.read_text())
-        large = " ".join(f"{1000 * s:.2f}" for s in costs["large"]["passes"])
-        small = " ".join(f"{1000 * s:.2f}" for s in costs["small"]["passes"])
-        most = len(costs["large"]["passes"])
-        lines += [f"- `{path.stem}`: small pass (1, 2 tokens) {small} ms; large pass (1..{most} tokens) {large} ms; "
-                  f"engine {1000 * costs['overhead_per_pass']:.3f} ms per pass"]
-    return lines
+        c = read_json(path)
+        large = " ".join(f"{1000 * s:.2f}" for s in c["large"]["passes"])
+        small = " ".join(f"{1000 * s:.2f}" for s in c["small"]["passes"])
+        lines.append(f"- `{path.stem}`: small pass (1, 2 tokens) {small} ms; large pass (1..{len(c['large']['passes'])}"
+                     f" tokens) {large} ms; engine {1000 * c['overhead_per_pass']:.3f} ms per pass")
+    if not lines:
+        raise FileNotFoundError("no costs-*.json")
+    return ["Per-pass costs (median of 10, after a 128-token context):", *lines]
 
 
 def targets(report: dict) -> list[str]:
     rows = report["methods"]
-    fast = next((k.split("=")[1] for k in rows if k.startswith("large@fast_path=") and not k.endswith("=off")), None)
     tps = {k: v["tokens_per_s"] for k, v in rows.items()}
+    fast = (rows.get("large", {}).get("fast_paths") or {}).get("large", "?").split(" ")[0]
     checks = []
 
-    def check(label: str, value: float | None, goal: float) -> None:
-        if value is not None:
-            checks.append(f"- {label}: {value:.2f} (goal ≥ {goal}) {'met' if value >= goal else '**missed**'}")
+    def check(label: str, value: float | None, goal: float, at_most: bool = False) -> None:
+        if value is None:
+            checks.append(f"- {label}: not measured")
+        else:
+            met = value <= goal if at_most else value >= goal
+            checks.append(f"- {label}: {value:.3f} (goal {'≤' if at_most else '≥'} {goal}) "
+                          f"{'met' if met else '**missed**'}")
 
-    eager = tps.get("large@fast_path=off")
-    fast_large = tps.get(f"large@fast_path={fast}")
-    best_exact = max((v for k, v in tps.items() if k.startswith(f"exact@fast_path={fast}")), default=None)
-    check(f"`large` {fast} / eager", fast_large / eager if fast_large and eager else None, 3.0)
-    check(f"best `exact` {fast} / `large` {fast}", best_exact / fast_large if best_exact and fast_large else None, 1.5)
-    check(f"best `exact` {fast} / `hf-assisted`", best_exact / tps["hf-assisted"] if best_exact and
-          tps.get("hf-assisted") else None, 2.0)
-    overheads = [(k, (v.get("stats") or {}).get("overhead_ms_per_token")) for k, v in rows.items()
-                 if f"fast_path={fast}" in k]
-    worst = max((o for _, o in overheads if o is not None), default=None)
-    if worst is not None:
-        checks.append(f"- engine and policy time per token, worst {fast} method: {worst:.3f} ms (goal ≤ 0.1) "
-                      f"{'met' if worst <= 0.1 else '**missed**'}")
-    return checks
+    eager, large, exact, assisted = (tps.get(k) for k in ("large@fast_path=off", "large", "exact", "hf-assisted"))
+    check(f"`large` on {fast} / `large` eager", large / eager if large and eager else None, 3.0)
+    check(f"`exact` on {fast} / `large` on {fast}", exact / large if exact and large else None, 1.5)
+    check(f"`exact` on {fast} / `hf-assisted`", exact / assisted if exact and assisted else None, 2.0)
+    overheads = [(rows[k].get("stats") or {}).get("overhead_ms_per_token") for k in ("exact", "adaptive") if k in rows]
+    overheads = [o for o in overheads if o is not None]
+    check("engine and policy ms per token (worst of exact, adaptive)", max(overheads) if overheads else None, 0.1,
+          at_most=True)
+    return ["Targets (issue 9):", *checks]
+
+
+def cuda_tests(out: Path) -> list[str]:
+    lines = (out / "cuda-tests.txt").read_text().strip().splitlines()
+    if not lines:
+        raise ValueError("empty test log")
+    return [f"CUDA tests: `{lines[-1]}`"]
+
+
+def section(title: str, make: Callable[[], list[str]]) -> list[str]:
+    try:
+        return [*make(), ""]
+    except Exception as e:  # a missing or cut-off file: say so and go on
+        return [f"{title}: not available ({type(e).__name__}: {e})", ""]
 
 
 def main(out: Path) -> None:
-    env = (out / "environment.txt").read_text().strip() if (out / "environment.txt").exists() else "?"
-    print(f"# GPU check\n\n{env}\n")
-    if (out / "cuda_tests.txt").exists():
-        print(f"CUDA tests: `{(out / 'cuda_tests.txt').read_text().strip().splitlines()[-1]}`\n")
-    if (out / "bench.json").exists():
-        report = json.loads((out / "bench.json").read_text())
-        print(f"Bench: {report['prompts_done']} prompts of experiments/data/pycode_eval.jsonl, 64 new tokens, "
-              f"{report['machine']['dtype']}, complete: {report['complete']}\n")
-        print("\n".join(bench_table(report)) + "\n")
-        print("Targets (issue 9):\n" + "\n".join(targets(report)) + "\n")
-    costs = cost_table(out)
-    if costs:
-        print("Per-pass costs (median of 20, after a 128-token context):\n" + "\n".join(costs))
+    lines = ["# GPU check", ""]
+    lines += section("environment", lambda: environment(out))
+    lines += section("smoke", lambda: smoke(out))
+    lines += section("costs", lambda: costs(out))
+    for name in ("bench", "bench-compile"):
+        lines += section(name, lambda name=name: [f"## {name}", "", *bench_table(read_json(out / f"{name}.json"))])
+    lines += section("targets", lambda: targets(read_json(out / "bench.json")))
+    lines += section("CUDA tests", lambda: cuda_tests(out))
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ class AdaptivePolicy(RulePolicy):
             if survived is not None:
                 (state.accepted if survived else state.rejected)[bin_] += 1
         costs = verification.costs
-        small_passes = outcome.drafted + (outcome.reason == "fallback")  # a discarded draft cost a pass too
+        small_passes = outcome.drafted + (outcome.ended == "fallback")  # a discarded draft cost a pass too
         state.cost += (small_passes * costs.small.pass_seconds(1) + costs.large.pass_seconds(outcome.drafted + 1)
                        ) / costs.large.pass_seconds(1)
         state.tokens += outcome.kept + 1

@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers.utils import logging as hf_logging
 
+import bild.forward
 from bild import ModelPair, Policy
 from bild.policy import DraftStep, Verification
 
@@ -48,6 +49,20 @@ class NeverFallback(Policy):
         return verification.n
 
 
+class HoldsState(Policy):
+    """Holds every draft's hidden state and logits, each beside a copy of its values at the time (in its state)."""
+
+    def new_state(self):
+        return []
+
+    def fallback(self, step: DraftStep) -> bool:
+        step.state.extend([(step.hidden, step.hidden.clone()), (step.logits, step.logits.clone())])
+        return False
+
+    def rollback(self, verification: Verification) -> int:
+        return verification.first_mismatch
+
+
 @pytest.fixture(scope="session")
 def pair_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
@@ -79,3 +94,42 @@ def pycode_pair():
     if not PYCODE.exists():
         pytest.skip(f"{PYCODE} is absent")
     return ModelPair.from_pretrained(str(PYCODE / "small"), str(PYCODE / "large"), device="cpu")
+
+
+class Replaying:
+    """A CPU stand-in for `graph`'s CUDA-graph capture that behaves like one: the step runs once into static
+    output tensors, and every replay copies its results into those same tensors, so whatever held an
+    output sees the next replay's values, as on a GPU."""
+
+    def __init__(self) -> None:
+        self.captured: list[int] = []  # the bucket sizes captured, in order
+
+    def __call__(self, step, undo):
+        outputs = step()
+        undo()
+        self.captured.append(outputs[0].shape[0])
+
+        def replay():
+            for static, fresh in zip(outputs, step(), strict=True):
+                static.copy_(fresh)
+            return outputs
+
+        return replay
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch):
+    """`graph` on the CPU: runners capture with `Replaying`; returns the captures made, one per runner."""
+    made: list[Replaying] = []
+    resolve = bild.forward.resolve_fast_path
+
+    def capture() -> Replaying:
+        made.append(Replaying())
+        return made[-1]
+
+    def resolve_on_cpu(requested, model, label="model"):
+        return "graph" if requested == "graph" else resolve(requested, model, label)
+
+    monkeypatch.setattr(bild.forward, "CudaGraphs", capture)
+    monkeypatch.setattr(bild.forward, "resolve_fast_path", resolve_on_cpu)
+    return made

@@ -41,8 +41,57 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
     assert len(samples) == 4 * len(methods)
     table = format_table(report)
     assert "hf-assisted" in table and "x large-hf" in table
-    plot(report, str(tmp_path / "plot.png"))
+    plot(report, str(tmp_path / "plot.png"), "tiny")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_each_method_is_anchored_on_the_large_model_of_its_own_fast_path(load_pair, examples):
+    """`exact@fast_path=static` is compared with `large@fast_path=static`, `exact` with `large`; a path
+    with no `large` has no anchor, and the report says so."""
+    methods = parse_methods("large,large@fast_path=static,exact,exact@fast_path=static,bild@fast_path=static,"
+                            "large-hf,small", {})
+    report, _ = run_bench(load_pair("llama"), examples, methods, CFG, progress=False)
+    rows = report["methods"]
+    assert rows["exact"]["anchor"] == "large" and rows["exact@fast_path=static"]["anchor"] == "large@fast_path=static"
+    assert rows["bild@fast_path=static"]["anchor"] == "large@fast_path=static" and rows["large-hf"]["anchor"] == "large"
+    assert rows["exact"]["fast_paths"] == {"small": "off", "large": "off"}
+    assert rows["exact@fast_path=static"]["fast_paths"] == {"small": "static", "large": "static"}
+    assert rows["large-hf"]["fast_paths"] is None and rows["small"]["fast_paths"] == {"small": "off"}
+    for name in ("exact", "exact@fast_path=static", "large-hf"):
+        assert rows[name]["exact_match_with_large"] == 1.0 and rows[name]["first_difference"] is None
+    assert report["schema"] == "bild-bench/2" and not any("no `large`" in n for n in report["notes"])
+    alone, _ = run_bench(load_pair("llama"), examples[:1], parse_methods("large,exact@fast_path=static", {}), CFG,
+                         progress=False)
+    assert alone["methods"]["exact@fast_path=static"]["anchor"] is None
+    assert alone["methods"]["exact@fast_path=static"]["speedup_vs_large"] is None
+    assert any("no `large` ran on the fast path of exact@fast_path=static" in n for n in alone["notes"])
+
+
+def test_acceptance_in_the_fields_terms_agrees_with_a_hand_count(load_pair):
+    """tau, the acceptance rate and acceptance by position, recounted from the verifications an observer saw."""
+    from bild import Observer, generate
+    from policies import make_policy
+
+    class Rounds(Observer):
+        def __init__(self):
+            self.rounds = []
+
+        def after_verification(self, verification, outcome):
+            self.rounds.append((outcome.drafted, outcome.kept))
+
+    pair, seen, total = load_pair("llama", 1), Rounds(), None
+    for prompt in PROMPTS:
+        stats = generate(pair, prompt, make_policy("exact", {"fallback_threshold": 0.0}),
+                         GenerationConfig(max_new_tokens=24, max_draft_tokens=5), observers=[seen]).stats
+        total = stats if total is None else total + stats
+    drafted, kept = sum(d for d, _ in seen.rounds), sum(k for _, k in seen.rounds)
+    assert total.mean_accepted_tokens == pytest.approx((kept + len(seen.rounds)) / len(seen.rounds))
+    assert total.acceptance_rate == pytest.approx(kept / drafted)
+    for i in range(5):  # position i + 1: judged when the i before it survived and it was drafted
+        judged = [(d, k) for d, k in seen.rounds if d > i and k >= i]
+        assert total.judged_by_position[i] == len(judged)
+        assert total.accepted_by_position[i] == sum(k > i for _, k in judged)
+    assert sum(total.accepted_lengths.values()) == len(seen.rounds) == total.large.calls
 
 
 def test_params_apply_to_policies_that_have_them():

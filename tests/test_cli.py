@@ -31,8 +31,9 @@ def test_generate_json_matches_the_library(dirs, load_pair):
     assert out["params"] == {"fallback_threshold": 0.3}
     expected = generate_single(load_pair("llama"), "def add(", "large", GenerationConfig(max_new_tokens=12))
     assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
-    assert {"draft_tokens", "accepted_draft_tokens", "large_calls", "fallbacks", "rollbacks",
-            "rolled_back_tokens", "small_seconds", "large_seconds", "wall_seconds"} <= set(out["stats"])
+    assert {"draft_tokens", "accepted_draft_tokens", "small", "large", "fallbacks", "rollbacks",
+            "rolled_back_tokens", "wall_seconds", "mean_accepted_tokens"} <= set(out["stats"])
+    assert out["stats"]["large"]["fast_path"] == "off" and {"calls", "seconds"} <= set(out["stats"]["large"])
 
 
 def test_generate_prints_text_and_a_summary(dirs):

@@ -19,6 +19,7 @@ from bild.lab.options import TuneOptions
 from bild.lab.tasks import Example
 from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
+from bild.stats import ModelStats
 
 from conftest import PROMPTS
 from tiny import build_pair
@@ -35,20 +36,22 @@ def test_passes_are_counted_by_length(load_pair):
     finally:
         handle.remove()
     s = result.stats
-    assert s.large_prefill == lengths[0] and s.large_passes == dict(Counter(lengths[1:]))
-    assert s.large_calls == len(lengths) and s.large_positions == sum(lengths)
+    assert s.large.prefill == lengths[0] and s.large.passes == dict(Counter(lengths[1:]))
+    assert s.large.calls == len(lengths) and s.large.positions == sum(lengths)
     single = generate_single(pair, "def add(", "large", CFG).stats
-    assert single.large_passes == {1: single.new_tokens - 1} and single.small_calls == 0
+    assert single.large.passes == {1: single.new_tokens - 1} and single.small.calls == 0
 
 
 def test_modelled_seconds_price_each_pass():
     costs = CostModel(small=PassCosts(passes=[1.0, 1.5], prefill=(2.0, 0.1)),
                       large=PassCosts(passes=[10.0, 11.0, 12.0], prefill=(20.0, 1.0)), overhead_per_pass=0.5)
-    stats = GenerationStats(small_prefill=10, small_passes={1: 4, 2: 1}, small_calls=6, large_prefill=10,
-                            large_passes={3: 1, 5: 2}, large_calls=4)
+    stats = GenerationStats(small=ModelStats(prefill=10, passes={1: 4, 2: 1}, calls=6),
+                            large=ModelStats(prefill=10, passes={3: 1, 5: 2}, calls=4))
     small = 2.0 + 0.1 * 10 + 4 * 1.0 + 1 * 1.5
     large = 20.0 + 1.0 * 10 + 12.0 + 2 * (12.0 + 1.0 * 2)  # beyond the table: the last step extended
     assert costs.seconds(stats) == pytest.approx(small + large + 0.5 * 10)
+    # a sum of generations prices each first pass once: two of these are twice one
+    assert costs.seconds(stats + stats) == pytest.approx(2 * costs.seconds(stats))
     assert CostModel.prior(2, 12).ratio == pytest.approx(2 / 12)
 
 
@@ -57,7 +60,7 @@ def test_calibration_measures_every_length_and_round_trips(load_pair, tmp_path):
     costs = calibrate(pair, GenerationConfig(max_draft_tokens=4), repeats=3)
     assert len(costs.small.passes) == 2 and len(costs.large.passes) == 5
     assert all(s > 0 for s in costs.large.passes) and costs.large.prefill[0] >= 0
-    assert {"small_hash", "large_hash", "hardware", "dtype", "fast_path"} <= set(costs.identity)
+    assert {"small_shape", "large_shape", "hardware", "dtype", "fast_path"} <= set(costs.identity)
     costs.save(tmp_path / "c.json")
     assert CostModel.load(tmp_path / "c.json") == costs
     for bad, message in ((tmp_path / "none.json", "does not exist"), (tmp_path, "is a folder")):
@@ -90,8 +93,11 @@ def test_bench_reports_modelled_speedups_that_do_not_depend_on_the_clock(load_pa
         assert rows[name]["modelled_speedup_vs_large"] == reports[1][name]["modelled_speedup_vs_large"] > 0
 
 
-def test_a_cost_model_of_another_pair_is_refused_unless_forced(pair_dirs, tmp_path, capsys):
-    other = ModelPair.from_pretrained(*map(str, pair_dirs("llama", 2)), device="cpu")
+def test_a_cost_model_of_another_shape_is_refused_unless_forced(pair_dirs, tmp_path, capsys):
+    """Costs follow the models' shapes: another pair of one shape (an aligned small model) shares them."""
+    same_shape = ModelPair.from_pretrained(*map(str, pair_dirs("llama", 2)), device="cpu")
+    calibrate(same_shape, CFG, repeats=2).save(tmp_path / "same.json")
+    other = ModelPair.from_pretrained(*map(str, pair_dirs("gpt2", 1)), device="cpu")
     calibrate(other, CFG, repeats=2).save(tmp_path / "other.json")
     small, large = map(str, pair_dirs("llama", 1))
     prompts = tmp_path / "p.jsonl"
@@ -99,9 +105,11 @@ def test_a_cost_model_of_another_pair_is_refused_unless_forced(pair_dirs, tmp_pa
     args = ["bench", "--small", small, "--large", large, "--prompts", str(prompts), "--methods", "large,exact",
             "--max-new-tokens", "4", "--wandb-mode", "disabled", "--cost-model", str(tmp_path / "other.json")]
     assert cli(args) == 2
-    assert "measured with another large_hash, small_hash" in capsys.readouterr().err
+    assert "measured with another large_shape, small_shape" in capsys.readouterr().err
     assert cli([*args, "--force-cost-model"]) == 0
     assert "warning: using cost model" in capsys.readouterr().err
+    assert cli([*args[:-1], str(tmp_path / "same.json")]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +162,8 @@ def test_adaptive_is_exact_reproducible_and_learns(load_pair, tmp_path):
         large = generate_single(pair, prompt, "large", CFG).token_ids
         assert generate(pair, prompt, policy, CFG, state=state).token_ids == large
     again = policy.new_state()
-    runs = [[generate(pair, p, policy, CFG, state=s).stats.model_dump(exclude={"small_seconds", "large_seconds",
-                                                                               "wall_seconds", "tokens_per_second"})
+    runs = [[generate(pair, p, policy, CFG, state=s).stats.model_dump(exclude={
+        "small": {"seconds"}, "large": {"seconds"}, "wall_seconds": True, "tokens_per_second": True})
              for p in PROMPTS[:4]] for s in (policy.new_state(), again)]
     assert runs[0] == runs[1]  # counted, not timed: a fresh state replays exactly
     assert sum(again.accepted) + sum(again.rejected) > sum(policy.new_state().accepted) + sum(
@@ -164,8 +172,8 @@ def test_adaptive_is_exact_reproducible_and_learns(load_pair, tmp_path):
     # a small model that always agrees and costs a tenth of the large one: the policy learns to draft long
     twins = ModelPair.from_pretrained(*map(str, build_pair(tmp_path, "llama", 4, large_layers=1, small_layers=1)),
                                       device="cpu")
-    twins.cost_model = CostModel.prior(1, 10)
     state = policy.new_state()
-    calls = [generate(twins, p, policy, GenerationConfig(max_new_tokens=30), state=state).stats.large_calls_per_token
+    calls = [generate(twins, p, policy, GenerationConfig(max_new_tokens=30), state=state,
+                      costs=CostModel.prior(1, 10)).stats.large_calls_per_token
              for p in PROMPTS * 2]
     assert calls[-1] <= 0.15 and calls[-1] <= calls[0]

@@ -9,12 +9,11 @@ import random
 import pytest
 import torch
 
-import bild.engine
 import bild.forward
-from bild import BildError, GenerationConfig, ModelPair, generate, generate_single, make_policy
-from bild.forward import PaddedRunner, StaticRunner, as_is, powers_of_two
+from bild import BildError, GenerationConfig, ModelPair, Policy, generate, generate_single, make_policy
+from bild.forward import PaddedRunner, StaticRunner, powers_of_two
 
-from conftest import PROMPTS
+from conftest import PROMPTS, HoldsState, Replaying
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 
@@ -60,38 +59,162 @@ def test_static_decodes_exactly_what_off_does(twin, family):
             a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}))
             b = generate(static, prompt, policy, config.model_copy(update={"fast_path": "static"}))
             assert a.token_ids == b.token_ids, (family, prompt, policy, config)
-            assert a.stats.large_passes == b.stats.large_passes
+            assert a.stats.large.passes == b.stats.large.passes
         if config.temperature == 0:
             large = generate_single(static, prompt, "large", config.model_copy(update={"fast_path": "static"}))
             exact = generate(static, prompt, make_policy("exact"), config.model_copy(update={"fast_path": "static"}))
             assert exact.token_ids == large.token_ids
 
 
-@pytest.fixture
-def fake_graphs(monkeypatch):
-    """`graph` on the CPU: capture is the eager step itself; count the steps prepared."""
-    prepared = []
-
-    def capture(step, **kwargs):
-        prepared.append(step)
-        return as_is(step)
-
-    monkeypatch.setattr(bild.forward, "cuda_graph", capture)
-    monkeypatch.setattr(bild.engine, "resolve_fast_path", lambda requested, models, device: requested)
-    return prepared
+def twins_on(twin, family: str, fake_graphs) -> tuple[ModelPair, ModelPair]:
+    """(off, graph) twins whose graph runners start fresh."""
+    off, graph = twin(family)
+    graph._runners.clear()
+    return off, graph
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_graph_path_bookkeeping_decodes_what_off_does(twin, family, fake_graphs):
-    off, graph = twin(family)
+    off, graph = twins_on(twin, family, fake_graphs)
     for prompt, config, found in random_cases(7, 5):
         for policy in found:
             a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}))
             b = generate(graph, prompt, policy, config.model_copy(update={"fast_path": "graph"}))
             assert a.token_ids == b.token_ids, (family, prompt, policy, config)
-    # steps are prepared once per bucket and cache, not per generation
-    runners = [r for (_, path), r in graph.runners.items() if path == "graph"]
-    assert len(fake_graphs) == sum(len(r.steps) for r in runners) <= sum(len(r.buckets) for r in runners)
+            assert b.stats.large.fast_path == "graph" and b.stats.large.graphs_captured == b.stats.large.graph_buckets
+    # every bucket is captured once per cache, up front, never per generation
+    captured = [size for capture in fake_graphs for size in capture.captured]
+    runners = [r for (_, path), r in graph._runners.items() if path == "graph"]
+    assert len(captured) == sum(len(r.steps) for r in runners) <= sum(len(r.buckets) for r in runners)
+
+
+@pytest.mark.parametrize("cap", [None, 16, 20])
+def test_many_prompts_in_a_row_on_padded_buckets_decode_what_off_does(twin, fake_graphs, cap):
+    """The first GPU run's crash: a generation that ended right after a padded verification left a pad
+    count behind, and the next prompt's first pass rewound the cache to position -pad."""
+    off, graph = twins_on(twin, "llama", fake_graphs)
+    rng = random.Random(cap or 0)
+    names = ["bild", "exact", "entropy", "topk-margin", "adaptive"]
+    states = {}
+    for i in range(200 if cap is None else 60):
+        name = names[i % len(names)] if i >= 20 else "bild"
+        params = {"fallback_threshold": 0.1, "rollback_threshold": 30.0} if name == "bild" else {}
+        policy = make_policy(name, params)
+        config = GenerationConfig(max_new_tokens=28 if i < 20 else rng.randint(4, 30), max_draft_tokens=cap)
+        prompt = rng.choice(PROMPTS) + "".join(rng.choice("ab (=:") for _ in range(rng.randint(0, 4)))
+        state = states.setdefault((name, "off"), policy.new_state()), states.setdefault((name, "graph"),
+                                                                                            policy.new_state())
+        a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}), state=state[0])
+        b = generate(graph, prompt, policy, config.model_copy(update={"fast_path": "graph"}), state=state[1])
+        assert a.token_ids == b.token_ids, (i, name, prompt, config)
+
+
+class FailsMidway(Policy):
+    """Verifies every two drafts (3 tokens: a padded pass), keeps them, and raises in its `at`-th rollback."""
+
+    at: int = 3
+
+    def new_state(self):
+        return {"verifications": 0}
+
+    def fallback(self, step):
+        return False
+
+    def stop_drafting(self, step):
+        return step.pending >= 1
+
+    def rollback(self, verification):
+        verification.state["verifications"] += 1
+        if verification.state["verifications"] == self.at:
+            raise RuntimeError("a policy bug")
+        return verification.n
+
+
+@pytest.mark.parametrize("fast_path", ["static", "graph"])
+def test_an_exception_in_the_middle_of_a_generation_leaves_the_next_one_right(twin, fake_graphs, fast_path):
+    off, fast = twins_on(twin, "llama", fake_graphs)
+    config = GenerationConfig(max_new_tokens=20, max_draft_tokens=None)
+    for prompt in PROMPTS[:4]:
+        with pytest.raises(BildError, match=r"policy FailsMidway.rollback raised RuntimeError: a policy bug"):
+            generate(fast, prompt, FailsMidway(), config.model_copy(update={"fast_path": fast_path}))
+        policy = make_policy("bild", {"fallback_threshold": 0.1, "rollback_threshold": 30.0})
+        assert (generate(fast, prompt, policy, config.model_copy(update={"fast_path": fast_path})).token_ids
+                == generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"})).token_ids)
+
+
+def test_what_a_policy_holds_does_not_change_when_the_graph_replays(twin, fake_graphs):
+    _, graph = twins_on(twin, "llama", fake_graphs)
+    state = []
+    generate(graph, PROMPTS[0], HoldsState(), GenerationConfig(max_new_tokens=24, fast_path="graph"), state=state)
+    assert len(state) > 6 and all(torch.equal(held, then) for held, then in state)
+
+
+def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeypatch, caplog):
+    """A capture that raises for passes of 3 tokens: one warning line, those passes eager, the rest captured."""
+    from conftest import Replaying
+
+    class FailsAtThree(Replaying):
+        def __call__(self, step, undo):
+            if step()[0].shape[0] == 3:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            undo()
+            return super().__call__(step, undo)
+
+    monkeypatch.setattr(bild.forward, "CudaGraphs", FailsAtThree)
+    resolve = bild.forward.resolve_fast_path
+    monkeypatch.setattr(bild.forward, "resolve_fast_path",
+                        lambda requested, model, label="model": "graph" if requested == "graph" else resolve(
+                            requested, model, label))
+    off, graph = twin("llama")
+    graph._runners.clear()
+    config = GenerationConfig(max_new_tokens=24, max_draft_tokens=4)
+    with caplog.at_level("WARNING", logger="bild"):
+        for prompt in PROMPTS[:4]:
+            policy = make_policy("exact", {"fallback_threshold": 0.0})
+            a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}))
+            b = generate(graph, prompt, policy, config.model_copy(update={"fast_path": "graph"}))
+            assert a.token_ids == b.token_ids
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 of 5 graph buckets of the large model" in warning and "passes of 3 tokens" in warning
+    assert (b.stats.large.graphs_captured, b.stats.large.graph_buckets) == (4, 5)
+
+
+SYNCS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::item"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_captured_step_makes_no_host_sync(load_pair, family, monkeypatch):
+    """What a CUDA graph records must not read a value back to the host: count the ops that do, with
+    transformers told a capture is running, so an upgrade that adds one fails here, not on a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func._schema.name in SYNCS:
+                self.found.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    steps = {}
+
+    def keep(step, undo):
+        steps[step] = undo
+        return step
+
+    model = load_pair(family, 1).large
+    runner = PaddedRunner(model, model.get_output_embeddings().weight.shape[0], 128, 4, keep, "graph")
+    with torch.inference_mode():
+        runner.start(64)
+        runner.feed([3, 5, 7, 9], 1)
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        for step, undo in steps.items():
+            with Syncs() as syncs:
+                step()
+            undo()
+            assert syncs.found == [], (family, syncs.found)
 
 
 def test_a_padded_pass_gives_the_real_positions_the_same_logits(load_pair):
@@ -99,7 +222,7 @@ def test_a_padded_pass_gives_the_real_positions_the_same_logits(load_pair):
     vocab = model.get_output_embeddings().weight.shape[0]
     with torch.inference_mode():
         plain = StaticRunner(model, vocab, 128)
-        padded = PaddedRunner(model, vocab, 128, 11, as_is)
+        padded = PaddedRunner(model, vocab, 128, 11, Replaying(), "graph")
         for runner in (plain, padded):
             runner.start(64)
             runner.feed([3, 5, 7, 9, 11], 1)
@@ -116,7 +239,8 @@ def test_the_step_compiles_without_graph_breaks(load_pair):
     model = load_pair("llama", 1).large
     vocab = model.get_output_embeddings().weight.shape[0]
     torch._dynamo.reset()
-    compiled = PaddedRunner(model, vocab, 128, 4, lambda step: torch.compile(step, backend="aot_eager", fullgraph=True),
+    compiled = PaddedRunner(model, vocab, 128, 4,
+                            lambda step, undo: torch.compile(step, backend="aot_eager", fullgraph=True), "compile",
                             powers_of_two)
     plain = StaticRunner(model, vocab, 128)
     with torch.inference_mode():
@@ -129,9 +253,10 @@ def test_the_step_compiles_without_graph_breaks(load_pair):
 
 def test_what_the_fast_path_cannot_serve_is_one_clear_error(load_pair, pair_dirs, tmp_path):
     pair = load_pair("llama", 1)
-    with pytest.raises(BildError, match=r"needs a CUDA GPU.*--fast-path static"):
+    with pytest.raises(BildError, match=r"needs a CUDA GPU, but the small model is on cpu.*--fast-path static"):
         generate(pair, "def add(", make_policy("exact"), GenerationConfig(fast_path="graph"))
-    with pytest.raises(BildError, match="encoder-decoder models keep a dynamic cache; use --fast-path off"):
+    with pytest.raises(BildError, match="cannot serve the small model: encoder-decoder models keep a dynamic cache; "
+                                        "use --fast-path off"):
         generate(load_pair("t5", 1), "def add(", make_policy("exact"), GenerationConfig(fast_path="static"))
     from tiny import build_pair
 

@@ -80,7 +80,7 @@ def test_bild_extremes_and_stats_are_consistent(load_pair, family, seed):
             assert result.token_ids == generate_single(pair, prompt, "large", CFG).token_ids
         assert s.new_tokens == len(result.token_ids) <= CFG.max_new_tokens
         assert s.accepted_draft_tokens + s.rolled_back_tokens == s.draft_tokens
-        assert s.rollbacks <= s.large_calls and s.rolled_back_tokens >= s.rollbacks
-        assert s.small_calls == s.draft_tokens + s.fallbacks
+        assert s.rollbacks <= s.large.calls and s.rolled_back_tokens >= s.rollbacks
+        assert s.small.calls == s.draft_tokens + s.fallbacks
         # a large call follows every fallback and cap hit (and a drafted EOS, or the length limit)
-        assert s.large_calls >= s.fallbacks + s.forced_verifications
+        assert s.large.calls >= s.fallbacks + s.forced_verifications

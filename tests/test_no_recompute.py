@@ -42,14 +42,14 @@ def test_each_position_is_fed_once_unless_rolled_back(load_pair, family, fallbac
             for h in handles:
                 h.remove()
         s = result.stats
-        assert s.small_calls == len(small_log) and s.large_calls == len(large_log)
-        assert s.small_positions == sum(n for _, n in small_log)
-        assert s.large_positions == sum(n for _, n in large_log)
+        assert s.small.calls == len(small_log) and s.large.calls == len(large_log)
+        assert s.small.positions == sum(n for _, n in small_log)
+        assert s.large.positions == sum(n for _, n in large_log)
         assert small_log[0][0] == 0 and large_log[0][0] == 0  # the prompt is prefilled once
         final = len(pair.tokenizer(prompt)["input_ids"]) if not pair.encoder_decoder else 1
         final += s.new_tokens
-        assert final - 1 <= s.large_positions <= final + s.rolled_back_tokens
-        assert s.small_positions <= final + s.rolled_back_tokens
+        assert final - 1 <= s.large.positions <= final + s.rolled_back_tokens
+        assert s.small.positions <= final + s.rolled_back_tokens
         # large-model passes only ever go forward, from where its (rewound) cache ends
         end = 0
         for start, n in large_log:

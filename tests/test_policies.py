@@ -107,7 +107,7 @@ def test_entry_point_policy_is_found_lazily(third_party_package, load_pair):
     assert "thirdparty_policies" not in sys.modules  # nothing is imported before it is asked for
     policy = make_policy("stubborn", {"keep": 1})
     result = generate(load_pair("llama"), "def add(", policy, GenerationConfig(max_new_tokens=8))
-    assert result.stats.accepted_draft_tokens <= result.stats.large_calls
+    assert result.stats.accepted_draft_tokens <= result.stats.large.calls
     with pytest.raises(BildError, match="failed to import"):
         policy_class("broken")
     with pytest.raises(BildError, match="did you mean 'stubborn'"):

@@ -50,6 +50,6 @@ def test_large_baseline_equals_transformers_generate(pycode_pair, prompts):
 def test_bild_calls_the_large_model_less_than_once_per_token(pycode_pair, prompts):
     policy = make_policy("bild", {"fallback_threshold": 0.3, "rollback_threshold": 3.0})
     results = [generate(pycode_pair, p, policy, CFG) for p in prompts]
-    calls = sum(r.stats.large_calls for r in results)
+    calls = sum(r.stats.large.calls for r in results)
     tokens = sum(r.stats.new_tokens for r in results)
     assert calls < 0.6 * tokens

@@ -70,8 +70,8 @@ def test_state_is_fresh_per_call_and_kept_when_passed(load_pair):
     passed = [generate(pair, p, policy, CFG, state=state) for p in PROMPTS[:3]]
     assert [r.token_ids for r in passed] == [r.token_ids for r in results]  # per-prompt parts are reset
     assert state["generations"] == 3  # the run-long part persists
-    assert state["verifications"] == sum(r.stats.large_calls for r in passed) - sum(
-        r.stats.large_prefill == 0 for r in passed)
+    assert state["verifications"] == sum(r.stats.large.calls for r in passed) - sum(
+        r.stats.large.prefill == 0 for r in passed)
     assert set(state["seen"]) == {id(state)}  # the views carry the state the engine was given
 
 
@@ -83,7 +83,7 @@ def test_observer_sees_what_the_statistics_count(load_pair):
     assert events.fallbacks == sum(r.stats.fallbacks for r in results)
     assert events.drafts == sum(r.stats.fallbacks + r.stats.draft_tokens for r in results)
     assert events.kept == sum(r.stats.accepted_draft_tokens for r in results)
-    assert events.verified == sum(r.stats.large_calls for r in results)
+    assert events.verified == sum(r.stats.large.calls for r in results)
 
 
 def test_views_expose_history_and_the_hidden_state(load_pair):

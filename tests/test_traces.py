@@ -45,7 +45,7 @@ def test_a_trained_classifier_is_loaded_and_run_by_the_policy(load_pair, traces,
     assert saved["label"]["rule"] == rule and saved["hidden_size"] == (32 if hidden else 0)
     policy = make_policy("learned", {"path": str(tmp_path / "clf.json"), "threshold": 0.5, "rollback_rule": rule})
     result = generate(load_pair("llama", 1), "def add(", policy, GenerationConfig(max_new_tokens=12))
-    assert result.stats.fallbacks + result.stats.draft_tokens == result.stats.small_calls
+    assert result.stats.fallbacks + result.stats.draft_tokens == result.stats.small.calls
 
 
 def test_roc_auc():

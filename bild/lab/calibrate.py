@@ -18,10 +18,10 @@ import torch
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel, PassCosts
-from bild.engine import generate, runner_for
+from bild.engine import generate
 from bild.errors import BildError
-from bild.forward import Runner, resolve_fast_path
-from bild.lab.measure import pair_identity
+from bild.forward import Runner
+from bild.lab.identity import cost_mismatch, pair_identity
 from bild.lab.options import RunOptions
 from bild.pair import ModelPair
 
@@ -77,9 +77,15 @@ def time_prefill(runner: Runner, pair: ModelPair, lengths: list[int], repeats: i
     return max(mean_y - slope * mean_x, 0.0), max(slope, 0.0)
 
 
+def runners_for(pair: ModelPair, config: GenerationConfig) -> dict[str, Runner]:
+    """The runners decoding uses under `config` (the fast path resolved by the pair, as for decoding)."""
+    return {"small": pair.runner("small", config.fast_path, 2),
+            "large": pair.runner("large", config.fast_path, config.draft_cap() + 1)}
+
+
 def costs_identity(pair: ModelPair, config: GenerationConfig) -> dict:
     """What a cost model's figures are valid for."""
-    fast_path = resolve_fast_path(config.fast_path, {"small": pair.small, "large": pair.large}, pair.device)
+    fast_path = runners_for(pair, config)["large"].fast_path
     return {**pair_identity(pair), "fast_path": fast_path, "torch": torch.__version__}
 
 
@@ -89,7 +95,7 @@ def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
     if options.cost_model is None:
         return calibrate(pair, options.generation)
     costs = CostModel.load(options.cost_model)
-    differ = costs.mismatch(costs_identity(pair, options.generation))
+    differ = cost_mismatch(costs.identity, costs_identity(pair, options.generation))
     if differ and not options.force_cost_model:
         raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
                         f"({', '.join(f'{k}={costs.identity[k]}' for k in differ)}): calibrate this setup with "
@@ -100,22 +106,15 @@ def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
     return costs
 
 
-def pair_costs(options: RunOptions, pair: ModelPair) -> CostModel:
-    """`cost_model_for`, attached to the pair so policies read it (`step.costs`)."""
-    pair.cost_model = cost_model_for(options, pair)
-    return pair.cost_model
-
-
 @torch.inference_mode()
 def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20) -> CostModel:
     """Time this pair's passes on its device under `config`'s fast path and draft cap."""
     from policies import make_policy
 
-    identity = costs_identity(pair, config)
-    fast_path, cap = identity["fast_path"], config.draft_cap()
+    identity, cap = costs_identity(pair, config), config.draft_cap()
     context = min(CONTEXT, (pair.context_length(pair.large) or 4 * CONTEXT) // 2)
     prefill_lengths = [n for n in (16, 64, 128, 256) if n + 2 <= (pair.context_length(pair.large) or 1 << 30)]
-    runners = {"small": runner_for(pair, "small", fast_path, 2), "large": runner_for(pair, "large", fast_path, cap + 1)}
+    runners = runners_for(pair, config)
     lengths = {"small": [1, 2], "large": list(range(1, cap + 2))}
     passes = time_passes(runners, lengths, pair, repeats, context)
     costs = {w: PassCosts(passes=passes[w], prefill=time_prefill(runners[w], pair, prefill_lengths, repeats))
@@ -123,7 +122,7 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20) -> C
     ids = [(11 * i + 5) % pair.vocab_size for i in range(context)]
     run = generate(pair, ids, make_policy("exact"), config.model_copy(update={"max_new_tokens": 32}))
     s = run.stats
-    overhead = max(s.wall_seconds - s.small_seconds - s.large_seconds, 0.0) / max(s.small_calls + s.large_calls, 1)
+    overhead = max(s.wall_seconds - s.small.seconds - s.large.seconds, 0.0) / max(s.small.calls + s.large.calls, 1)
     return CostModel(small=costs["small"], large=costs["large"], overhead_per_pass=overhead,
                      identity={**identity, "cap": cap},
                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))

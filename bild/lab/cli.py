@@ -143,7 +143,7 @@ def run_generate(options: GenerateOptions) -> None:
     print(result.text)
     s = result.stats
     print(f"[{policy.name}] {s.new_tokens} tokens in {s.wall_seconds:.2f}s ({s.tokens_per_second:.1f} tok/s); "
-          f"large calls {s.large_calls}, drafts {s.draft_tokens} ({s.accepted_draft_tokens} accepted), "
+          f"large calls {s.large.calls}, drafts {s.draft_tokens} ({s.accepted_draft_tokens} accepted), "
           f"fallbacks {s.fallbacks}, rollbacks {s.rollbacks}", file=sys.stderr)
 
 

@@ -1,9 +1,13 @@
-"""`bild compare A.json B.json ...`: bench reports side by side, with the setup differences that matter.
+"""`bild compare A.json B.json ...`: bench reports side by side, with what makes them comparable or not.
 
-Each report's methods become rows labelled by the report; the setups are compared after their
-defaults were resolved (the report holds resolved values: a device `None` that became `cpu` is
-`cpu` in both), so what differs is what was really set differently. `--plot` draws every
-report's methods in one speed-quality figure.
+Each report's methods become rows labelled by the report. Above the table: whether the reports'
+modelled speedups were priced by one cost model (if not, by how much the small/large ratio
+differs: compare the counts that need no pricing instead, large calls per token and τ). Below
+it: the setup differences, compared after the reports resolved their defaults (a device `None`
+that became `cpu` is `cpu` in both), so what differs was really set differently. A report cut
+short (`complete: false`) is marked with the prompts it holds. Reports of the previous schema
+(`bild-bench/1`, flat statistics) are read too. `--plot` draws every report's methods in one
+speed-quality figure.
 """
 
 from __future__ import annotations
@@ -12,40 +16,94 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from bild.errors import BildError
+from bild.lab.render import figure, flatten, fmt, table
 
 MACHINE_KEYS = ("device", "dtype", "gpu", "processor", "threads", "torch", "transformers", "bild")
 
 
-def load_report(path: str) -> dict[str, Any]:
+class Row(BaseModel):
+    """The fields of one method's row that compare reads (a report may hold more)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    tokens_per_s: float | None = None
+    speedup_vs_large: float | None = None
+    modelled_speedup_vs_large: float | None = None
+    chrf: float | None = None
+    agreement_with_large: float | None = None
+    exact_match_with_large: float | None = None
+    stats: dict[str, Any] | None = None
+
+    def stat(self, key: str) -> float | None:
+        """A statistic of either schema (τ was `mean_accepted_draft_length` + 1 in bild-bench/1)."""
+        stats = self.stats or {}
+        if key == "mean_accepted_tokens" and key not in stats and stats.get("mean_accepted_draft_length") is not None:
+            return 1 + stats["mean_accepted_draft_length"]
+        value = stats.get(key)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class Report(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    setup: dict[str, Any]
+    methods: dict[str, Row]
+    machine: dict[str, Any] = {}
+    complete: bool = True
+    prompts_done: int | None = None
+    cost_model: dict[str, Any] | None = None
+
+
+def load_report(path: str) -> Report:
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BildError(f"report {path!r} does not exist: write one with `bild bench --json {path}`") from None
+    except IsADirectoryError:
+        raise BildError(f"report {path!r} is a folder: give the JSON file of `bild bench --json`") from None
     except (OSError, ValueError) as e:
         raise BildError(f"{path!r} is not a bench report ({type(e).__name__})") from None
-    if not isinstance(report, dict) or not isinstance(report.get("methods"), dict) or "setup" not in report:
-        raise BildError(f"{path!r} is not a bench report of `bild bench --json` (no 'methods' and 'setup')")
-    return report
+    if not isinstance(data, dict):
+        raise BildError(f"{path!r} is not a bench report of `bild bench --json` (not a JSON object)")
+    try:
+        return Report(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(map(str, err["loc"]))
+        raise BildError(f"{path!r} is not a bench report of `bild bench --json`: field {field!r}: {err['msg']}"
+                        ) from None
 
 
-def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def differences(reports: list[dict[str, Any]]) -> dict[str, list[Any]]:
+def differences(reports: list[Report]) -> dict[str, list[Any]]:
     """Setting -> its value in each report, for the settings that differ."""
-    views = [flat({**r["setup"], "machine": {k: v for k, v in r.get("machine", {}).items() if k in MACHINE_KEYS}})
+    views = [flatten({**r.setup, "machine": {k: v for k, v in r.machine.items() if k in MACHINE_KEYS}})
              for r in reports]
     keys = sorted(set().union(*views) - {"methods", "prompt_ids"})
     return {k: [v.get(k) for v in views] for k in keys
             if len({json.dumps(v.get(k), sort_keys=True) for v in views}) > 1}
+
+
+def pricing(reports: list[Report], labels: list[str]) -> str:
+    """One line: whether the modelled speedups were priced alike."""
+    def priced(r: Report) -> tuple[str, float] | None:
+        costs = r.cost_model or {}
+        try:
+            key = json.dumps({k: costs[k] for k in ("small", "large", "overhead_per_pass")}, sort_keys=True)
+            return key, costs["small"]["passes"][0] / costs["large"]["passes"][0]
+        except (KeyError, IndexError, TypeError, ZeroDivisionError):
+            return None
+
+    found = [priced(r) for r in reports]
+    if all(f is None for f in found):
+        return "cost models: none (no modelled speedups)"
+    if None not in found and len({f[0] for f in found}) == 1:
+        return f"cost models: one for all reports (small/large pass {found[0][1]:.3f}): modelled speedups compare"
+    ratios = ", ".join(f"{label} {'-' if f is None else f'{f[1]:.3f}'}" for label, f in zip(labels, found, strict=True))
+    return (f"cost models DIFFER (small/large pass: {ratios}): modelled speedups are priced differently; compare "
+            "calls/tok and tau, which need no pricing, or bench both with one --cost-model")
 
 
 def labels_for(paths: list[str]) -> list[str]:
@@ -53,31 +111,29 @@ def labels_for(paths: list[str]) -> list[str]:
     return stems if len(set(stems)) == len(stems) else [str(Path(p).with_suffix("")) for p in paths]
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def compare_table(reports: list[dict[str, Any]], labels: list[str]) -> str:
-    headers = ["report", "method", "tok/s", "x large", "modelled", "chrF", "exact", "calls/tok"]
+def compare_table(reports: list[Report], labels: list[str]) -> str:
+    headers = ["report", "method", "tok/s", "x large", "modelled", "chrF", "exact", "calls/tok", "tau", "prompts"]
     rows = []
     for label, report in zip(labels, reports, strict=True):
-        for name, r in report["methods"].items():
-            rows.append([label, name, fmt(r["tokens_per_s"], ".1f"), fmt(r.get("speedup_vs_large"), ".2f"),
-                         fmt(r.get("modelled_speedup_vs_large"), ".2f"), fmt(r.get("chrf"), ".1f"),
-                         fmt(r.get("exact_match_with_large"), ".2f"),
-                         fmt((r.get("stats") or {}).get("large_calls_per_token"), ".2f")])
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    line = lambda cells: "  ".join(c.ljust(w) if j < 2 else c.rjust(w)  # noqa: E731
-                                   for j, (c, w) in enumerate(zip(cells, widths, strict=True)))
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+        done = report.prompts_done if report.prompts_done is not None else report.setup.get("n")
+        whole = f"{done}" if report.complete else f"{done} of {report.setup.get('n', '?')} (partial)"
+        for name, r in report.methods.items():
+            rows.append([label, name, fmt(r.tokens_per_s, ".1f"), fmt(r.speedup_vs_large, ".2f"),
+                         fmt(r.modelled_speedup_vs_large, ".2f"), fmt(r.chrf, ".1f"),
+                         fmt(r.exact_match_with_large, ".2f"), fmt(r.stat("large_calls_per_token"), ".2f"),
+                         fmt(r.stat("mean_accepted_tokens"), ".2f"), whole])
+    return table(headers, rows, left=2)
 
 
 def compare(paths: list[str], plot: str | None = None) -> str:
     if len(paths) < 2:
         raise BildError("give at least two bench reports to compare")
     reports, labels = [load_report(p) for p in paths], labels_for(paths)
+    lines = [pricing(reports, labels), compare_table(reports, labels), ""]
+    partial = [label for label, r in zip(labels, reports, strict=True) if not r.complete]
+    if partial:
+        lines.insert(1, f"partial reports (interrupted; rerun their bench to finish): {', '.join(partial)}")
     diff = differences(reports)
-    lines = [compare_table(reports, labels), ""]
     if diff:
         lines.append("setup differences:")
         lines += [f"  {key}: {' | '.join(json.dumps(v) for v in values)}" for key, values in diff.items()]
@@ -88,29 +144,19 @@ def compare(paths: list[str], plot: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def draw(reports: list[dict[str, Any]], labels: list[str], path: str) -> None:
-    import matplotlib
+def draw(reports: list[Report], labels: list[str], path: str) -> None:
+    def plot(ax: Any) -> None:
+        markers = "osD^v<>pPX*h"
+        for i, (label, report) in enumerate(zip(labels, reports, strict=True)):
+            rows = report.methods
+            metric = "chrf" if all(r.chrf is not None for r in rows.values()) else "agreement_with_large"
+            points = {name: (r.speedup_vs_large or 0, getattr(r, metric) or 0) for name, r in rows.items()}
+            ax.scatter([x for x, _ in points.values()], [y for _, y in points.values()], s=36,
+                       marker=markers[i % len(markers)], label=label)
+            for name, xy in points.items():
+                ax.annotate(name, xy, fontsize=6, alpha=0.7)
+        ax.set_xlabel("speedup vs large")
+        ax.set_ylabel("quality")
+        ax.legend(fontsize=8)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    markers = "osD^v<>pPX*h"
-    for i, (label, report) in enumerate(zip(labels, reports, strict=True)):
-        rows = report["methods"].values()
-        metric = "chrf" if all(r.get("chrf") is not None for r in rows) else "agreement_with_large"
-        ax.scatter([r.get("speedup_vs_large") or 0 for r in rows], [r.get(metric) or 0 for r in rows], s=36,
-                   marker=markers[i % len(markers)], label=label)
-        for name, r in report["methods"].items():
-            ax.annotate(name, (r.get("speedup_vs_large") or 0, r.get(metric) or 0), fontsize=6, alpha=0.7)
-    ax.set_xlabel("speedup vs large")
-    ax.set_ylabel("quality")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=120)
-    except (OSError, ValueError) as e:
-        raise BildError(f"cannot write the plot to {path!r}: {getattr(e, 'strerror', None) or e}") from None
-    finally:
-        plt.close(fig)
+    figure(path, plot)

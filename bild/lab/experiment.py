@@ -103,7 +103,7 @@ def git_commit() -> str | None:
 
 def identity(options: Options, pair: Any, examples: list[Any] | None = None) -> dict[str, Any]:
     """What results depend on: the models and prompts by content, the generation settings, the dtype."""
-    from bild.lab.measure import pair_identity
+    from bild.lab.identity import pair_identity
 
     found = {k: v for k, v in pair_identity(pair).items() if k not in ("small", "large", "device", "hardware")}
     found["generation"] = options.generation.model_dump()
@@ -115,7 +115,7 @@ def identity(options: Options, pair: Any, examples: list[Any] | None = None) -> 
 
 def context(options: Options, pair: Any) -> dict[str, Any]:
     """Where and how a run ran: names, paths, device, machine, versions, commit, experiment file."""
-    from bild.lab.measure import machine_info
+    from bild.lab.identity import machine_info
 
     found: dict[str, Any] = {"small": pair.small_name, "large": pair.large_name,
                              "tokenizer": pair.tokenizer.name_or_path,
@@ -169,7 +169,8 @@ def logger_for(options: RunOptions, group: str):
 
 def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
     """One method per trial of each front named by `--from-front` or `--study`, after checking it is this pair's."""
-    from bild.lab.measure import Method, pair_identity
+    from bild.lab.identity import pair_identity
+    from bild.lab.measure import Method
     from bild.lab.tune import read_front
     from policies import make_policy, policy_class
 
@@ -197,7 +198,7 @@ def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
 
 def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.bench import format_table, plot, run_bench
-    from bild.lab.calibrate import pair_costs
+    from bild.lab.calibrate import cost_model_for
     from bild.lab.measure import parse_methods
     from bild.lab.report import check_output
 
@@ -216,11 +217,11 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
                                 inputs=[options.prompts, *options.from_front], overwrite=options.overwrite,
-                                costs=pair_costs(options, pair), context=context(options, pair))
+                                costs=cost_model_for(options, pair), context=context(options, pair))
     print(format_table(report))
-    if options.plot:
-        plot(report, options.plot)
     name = f"bench:{Path(pair.large_name).name}:{options.task or Path(options.prompts or 'prompts').stem}"
+    if options.plot:
+        plot(report, options.plot, name)
     logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"],
                                                          "options": options.model_dump()}, report=report,
                                            examples=examples, results=results)

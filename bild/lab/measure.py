@@ -9,40 +9,41 @@ A `Method` is a baseline or a policy with parameters:
     POLICY[@k=v...]   a registered policy, e.g. bild@fallback_threshold=0.3@rollback_threshold=3
 
 Honest timing: every method is warmed up once on the longest prompt (allocations, lazy imports,
-static caches and graphs sized for the whole set); for each prompt the methods run in a rotated
-order (no method always runs first or last), `repeats` times, keeping the median wall time
-(CUDA synchronised). A policy's state is created once per method (`Policy.new_state`), so a
-policy that learns does so across prompts, as in use. Each output is decoded once.
+static caches and graphs sized and captured for the whole set); for each prompt the methods run
+in a rotated order (no method always runs first or last), `repeats` times, keeping the median
+wall time (CUDA synchronised). A policy's state is created once per method (`Policy.new_state`),
+so a policy that learns does so across prompts, as in use. Each output is decoded once.
+
+Anchors: each method is compared (speed, exact match, agreement) with the `large` baseline that
+ran on the same fast path as its own large model (`exact@fast_path=graph` against
+`large@fast_path=graph`), read from the statistics of what actually ran; transformers' own
+methods, with the first `large` benched. Token identity is a float32 claim: in reduced precision a
+multi-token pass may round differently, so a report gives agreement and where outputs first part.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import transformers
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel
 from bild.engine import encode_prompt, generate, generate_single
 from bild.errors import BildError, unknown_name
-from bild.forward import resolve_fast_path
-from bild.lab.metrics import exact_match, reference_metrics, token_agreement
-from bild.lab.options import BASELINES, DISTRIBUTION, parse_pairs
+from bild.lab.metrics import exact_match, first_difference, reference_metrics, token_agreement
+from bild.lab.options import BASELINES, parse_pairs
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.policy import Policy
 from bild.registry import describe_errors
-from bild.stats import GenerationStats
+from bild.stats import GenerationStats, ModelStats
 from bild.stopping import trim_text
 
 # --- methods ---------------------------------------------------------------------------------------
@@ -131,14 +132,15 @@ def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, metho
     return out[0, 1 if pair.encoder_decoder else len(ids):].tolist()
 
 
-def method_runner(pair: ModelPair, method: Method, config: GenerationConfig) -> Run:
-    """A function prompt ids -> output; a policy's state lives as long as the function."""
+def method_runner(pair: ModelPair, method: Method, config: GenerationConfig, costs: CostModel | None = None) -> Run:
+    """A function prompt ids -> output; a policy's state lives as long as the function. `costs`: what the
+    policy reads as `step.costs`."""
     config = method.config(config)
     if method.policy is not None:
         policy, state = method.policy, method.policy.new_state()
 
         def run(ids: list[int]) -> Output:
-            r = generate(pair, ids, policy, config, state=state)
+            r = generate(pair, ids, policy, config, state=state, costs=costs)
             return Output(r.token_ids, r.text, r.stats)
     elif method.baseline in ("large", "small"):
         def run(ids: list[int]) -> Output:
@@ -197,8 +199,10 @@ Results = dict[str, list[Measurement]]  # method name -> one measurement per pro
 
 def measure(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
             repeats: int = 1, done: Results | None = None,
-            on_prompt: Callable[[int, Results], None] | None = None, progress: bool = True) -> Results:
-    """Every method on every example after those in `done`; `on_prompt(i, results so far)` after each prompt."""
+            on_prompt: Callable[[int, Results], None] | None = None, progress: bool = True,
+            costs: CostModel | None = None) -> Results:
+    """Every method on every example after those in `done`; `on_prompt(i, results so far)` after each prompt.
+    `costs`: the cost model policies read."""
     from tqdm.auto import tqdm
 
     if repeats < 1:
@@ -208,7 +212,7 @@ def measure(pair: ModelPair, examples: list[Example], methods: list[Method], con
     results: Results = {m.name: list((done or {}).get(m.name, [])) for m in methods}
     start = min(len(r) for r in results.values())
     prompts = [encode_prompt(pair, e.prompt, config.max_new_tokens) for e in examples]
-    runs = {m.name: method_runner(pair, m, config) for m in methods}
+    runs = {m.name: method_runner(pair, m, config, costs) for m in methods}
     if start < len(examples):
         longest = max(prompts[start:], key=len)
         for run in runs.values():  # warm-up: allocations, kernels, lazy imports, caches sized for the set
@@ -243,105 +247,103 @@ def speedup(found: list[Measurement], base: list[Measurement], costs: CostModel 
 
 
 def total_stats(stats: list[GenerationStats]) -> GenerationStats:
-    """The sum of many generations' statistics (histograms added key by key)."""
-    total = GenerationStats()
-    for s in stats:
-        for key, value in s:
-            if isinstance(value, dict):
-                merged = dict(getattr(total, key))
-                for n, c in value.items():
-                    merged[n] = merged.get(n, 0) + c
-                setattr(total, key, merged)
-            else:
-                setattr(total, key, getattr(total, key) + value)
-    return total
+    """The sum of many generations' statistics."""
+    return sum(stats[1:], stats[0]) if stats else GenerationStats()
 
 
 def policy_stats(stats: list[GenerationStats]) -> dict[str, Any]:
     total = total_stats(stats)
     return total.model_dump(exclude={"tokens_per_second"}) | {
-        "fallback_rate": total.fallbacks / total.small_calls if total.small_calls else None,
-        "rollback_rate": total.rollbacks / total.large_calls if total.large_calls else None,
-        "mean_accepted_draft_length": total.accepted_draft_tokens / total.large_calls if total.large_calls else None,
-        "overhead_ms_per_token": 1000 * (total.wall_seconds - total.small_seconds - total.large_seconds)
+        "fallback_rate": total.fallbacks / total.small.calls if total.small.calls else None,
+        "rollback_rate": total.rollbacks / total.large.calls if total.large.calls else None,
+        "overhead_ms_per_token": 1000 * (total.wall_seconds - total.small.seconds - total.large.seconds)
         / total.new_tokens if total.new_tokens else None,
     }
 
 
 def quality(measurements: list[Measurement], examples: list[Example], anchor: list[Measurement] | None
-            ) -> dict[str, float | None]:
-    """Reference metrics and agreement with the anchor (the large model's output) on the prompts done."""
+            ) -> dict[str, Any]:
+    """Reference metrics, and agreement with the anchor (the large model's output) on the prompts done."""
     refs = [e.reference for e in examples[: len(measurements)]]
-    q: dict[str, float | None] = reference_metrics([m.text for m in measurements], refs)
-    tokens = [m.tokens for m in measurements]
-    q["agreement"] = token_agreement(tokens, [m.tokens for m in anchor]) if anchor else None
-    q["exact_match"] = exact_match(tokens, [m.tokens for m in anchor]) if anchor else None
+    q: dict[str, Any] = reference_metrics([m.text for m in measurements], refs)
+    tokens, base = [m.tokens for m in measurements], [m.tokens for m in anchor or []][: len(measurements)]
+    q["agreement"] = token_agreement(tokens, base) if anchor else None
+    q["exact_match"] = exact_match(tokens, base) if anchor else None
+    q["first_difference"] = first_difference(tokens, base) if anchor else None
     return q
 
 
-def fast_path_of(pair: ModelPair, method: Method, config: GenerationConfig) -> str:
-    return resolve_fast_path(method.config(config).fast_path, {"small": pair.small, "large": pair.large}, pair.device)
+def ran_on(measurements: list[Measurement]) -> ModelStats | None:
+    """The statistics of the model whose path anchors a method: the large model's, or the small one's when
+    it ran alone; None for transformers' own methods."""
+    stats = measurements[0].stats if measurements else None
+    if stats is None:
+        return None
+    return stats.large if stats.large.fast_path else stats.small
+
+
+def anchors(methods: list[Method], results: Results) -> dict[str, str | None]:
+    """Each method's anchor: the first `large` benched on the fast path its large model ran on (engine
+    methods), the first `large` benched (transformers' methods), None when there is none."""
+    larges: dict[str | None, str] = {}
+    for m in methods:
+        model = ran_on(results[m.name])
+        if m.baseline == "large" and model is not None:
+            larges.setdefault(model.fast_path, m.name)
+    first = next(iter(larges.values()), None)
+    found = {}
+    for m in methods:
+        model = ran_on(results[m.name])
+        found[m.name] = first if model is None else larges.get(model.fast_path)
+    return found
+
+
+def priced_by(costs: CostModel | None, measurements: list[Measurement]) -> bool:
+    """Whether `costs` prices these measurements: they ran on the fast path it was calibrated on."""
+    model = ran_on(measurements)
+    return costs is not None and model is not None and model.fast_path == costs.identity.get("fast_path")
+
+
+def fast_path_summary(measurements: list[Measurement]) -> dict[str, str] | None:
+    """What each model of a method ran on, e.g. {"small": "graph (2/2 captured)", "large": "graph (11/11 captured)"}."""
+    stats = total_stats([m.stats for m in measurements if m.stats is not None]) if measurements else None
+    if stats is None or not measurements[0].stats:
+        return None
+    found = {}
+    for which, model in (("small", stats.small), ("large", stats.large)):
+        if model.fast_path:
+            graphs = f" ({model.graphs_captured}/{model.graph_buckets} captured)" if model.graph_buckets else ""
+            found[which] = model.fast_path + graphs
+    return found
 
 
 def summarize(methods: list[Method], results: Results, examples: list[Example],
-              costs: CostModel | None = None, fast_paths: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """One row per method: speed, speedups over the single-model baselines (measured, and modelled by
-    `costs` for the methods that ran on its fast path, `fast_paths` naming each method's), quality,
-    policy statistics."""
+              costs: CostModel | None = None) -> dict[str, dict[str, Any]]:
+    """One row per method: speed, speedups over its anchor (measured, and modelled by `costs` for the methods
+    that ran on its fast path) and over `large-hf`, quality, the fast paths that ran, engine statistics."""
     tps = {m.name: tokens_per_second(results[m.name]) for m in methods}
-    priced = {m.name for m in methods if costs and results[m.name] and results[m.name][0].stats is not None
-              and (fast_paths or {}).get(m.name) == costs.identity.get("fast_path")}
-    anchor = next((results[b] for b in ("large", "large-hf") if b in results), None)
+    anchor = anchors(methods, results)
     rows = {}
     for m in methods:
-        done = results[m.name]
-        q = quality(done, examples, anchor)
+        done, base = results[m.name], anchor[m.name]
+        q = quality(done, examples, results[base] if base else None)
         rows[m.name] = {
             "tokens_per_s": tps[m.name], "new_tokens": sum(len(x.tokens) for x in done),
-            "seconds": sum(x.seconds for x in done),
-            "speedup_vs_large": tps[m.name] / tps["large"] if "large" in tps else None,
+            "seconds": sum(x.seconds for x in done), "anchor": base,
+            "speedup_vs_large": tps[m.name] / tps[base] if base else None,
             "speedup_vs_large_hf": tps[m.name] / tps["large-hf"] if "large-hf" in tps else None,
-            "modelled_speedup_vs_large": speedup(done, results["large"][: len(done)], costs)
-            if m.name in priced and "large" in priced else None,
+            "modelled_speedup_vs_large": speedup(done, results[base][: len(done)], costs)
+            if base and priced_by(costs, done) and priced_by(costs, results[base]) else None,
             "chrf": q["chrf"], "bleu": q["bleu"], "rouge_l": q["rouge_l"],
             "agreement_with_large": q["agreement"], "exact_match_with_large": q["exact_match"],
+            "first_difference": q["first_difference"],
             "params": m.policy.params() if m.policy else None,
             "generation": m.generation or None,
+            "fast_paths": fast_path_summary(done),
             "peak_gpu_mib": max((x.peak_gpu_mib for x in done if x.peak_gpu_mib is not None), default=None),
             "stats": policy_stats([x.stats for x in done]) if done and done[0].stats is not None else None,
         }
     return rows
-
-
-# --- the machine -----------------------------------------------------------------------------------
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(pair: ModelPair) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        bild_version = version(DISTRIBUTION)
-    except PackageNotFoundError:
-        bild_version = "unknown"
-    info = {
-        "platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "bild": bild_version, "device": str(pair.device), "dtype": str(pair.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
-    }
-    if pair.device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(pair.device)
-    return info
 
 
 def peak_memory() -> dict[str, float]:
@@ -350,22 +352,3 @@ def peak_memory() -> dict[str, float]:
     if torch.cuda.is_available():
         mem["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return mem
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short content hash: the config and a sample of every weight (cheap even for large models)."""
-    import hashlib
-
-    digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
-    for name, param in model.state_dict().items():
-        digest.update(f"{name}{tuple(param.shape)}".encode())
-        digest.update(param.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def pair_identity(pair: ModelPair) -> dict[str, str]:
-    """What a result or a cost model was measured on: the models (names and content), device, dtype."""
-    hardware = torch.cuda.get_device_name(pair.device) if pair.device.type == "cuda" else cpu_name()
-    return {"small": pair.small_name, "large": pair.large_name, "small_hash": model_fingerprint(pair.small),
-            "large_hash": model_fingerprint(pair.large), "device": str(pair.device), "hardware": hardware,
-            "dtype": str(pair.dtype).removeprefix("torch.")}

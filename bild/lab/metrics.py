@@ -7,6 +7,7 @@ large model's output length: a faithful method scores 1.0 and exact match 1.0.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 
@@ -39,6 +40,16 @@ def token_agreement(outputs: Sequence[Sequence[int]], large: Sequence[Sequence[i
 
 def exact_match(outputs: Sequence[Sequence[int]], large: Sequence[Sequence[int]]) -> float:
     return sum(list(o) == list(g) for o, g in zip(outputs, large, strict=True)) / len(large)
+
+
+def first_difference(outputs: Sequence[Sequence[int]], large: Sequence[Sequence[int]]) -> float | None:
+    """The median position (0-based token index) where an output first parts from the large model's, over the
+    outputs that differ; None when every output is identical."""
+    found = []
+    for o, g in zip(outputs, large, strict=True):
+        if list(o) != list(g):
+            found.append(next((i for i, (a, b) in enumerate(zip(o, g, strict=False)) if a != b), min(len(o), len(g))))
+    return statistics.median(found) if found else None
 
 
 def reference_metrics(hypotheses: Sequence[str], references: Sequence[str | None]) -> dict[str, float | None]:

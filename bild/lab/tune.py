@@ -40,11 +40,11 @@ from optuna.trial import FrozenTrial, TrialState
 from bild.costs import CostModel
 from bild.engine import encode_prompt
 from bild.errors import BildError, unknown_name
+from bild.lab.identity import machine_info
 from bild.lab.measure import (
     Measurement,
     Method,
     Results,
-    machine_info,
     measure,
     policy_stats,
     quality,
@@ -233,7 +233,7 @@ class Objective:
         try:
             results = measure(self.pair, self.examples, [self.method(params)], self.options.generation,
                               self.options.repeats, on_prompt=lambda i, r: (results.update(r), report_prompt(i, r)),
-                              progress=False)
+                              progress=False, costs=self.costs)
         except optuna.TrialPruned:
             self.record(trial, params, results[self.options.policy], pruned=True)
             raise
@@ -250,7 +250,7 @@ class Objective:
                  "measured_speedup": speedup(done, base),
                  "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
                  "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
-                                                 "large_calls_per_token", "mean_accepted_draft_length")}}
+                                                 "large_calls_per_token", "mean_accepted_tokens")}}
         samples = [{"id": e.id, "method": self.options.policy, "prompt": e.prompt, "text": m.text,
                     "reference": e.reference} for e, m in zip(self.examples, done, strict=False)]
         for key, val in (attrs | {"samples": samples[:SAMPLES_PER_TRIAL]}).items():
@@ -333,7 +333,7 @@ def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dic
         for r in best]
     rows_measured = summarize(methods, measure(objective.pair, objective.examples, methods,
                                                objective.options.generation, objective.options.repeats,
-                                               progress=False), objective.examples)
+                                               progress=False, costs=objective.costs), objective.examples)
     return {r["trial"]: rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"] for r in best}
 
 
@@ -394,7 +394,6 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     if options.objective == "modelled":
         costs = CostModel(**shared_value(study, storage, "cost_model",
                                          lambda: cost_model_for(options, pair).model_dump()))
-        pair.cost_model = costs  # what policies that read costs (`adaptive`) see
     key = "baseline" if options.objective == "modelled" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bild.lab.options import WandbMode
+from bild.lab.render import flatten
 
 SAMPLE_COLUMNS = ("id", "method", "prompt", "text", "reference")
 METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "speedup_vs_large_hf", "chrf",
                   "bleu", "rouge_l", "agreement_with_large", "exact_match_with_large")
 STAT_COLUMNS = ("fallback_rate", "rollback_rate", "acceptance_rate", "large_calls_per_token",
-                "mean_accepted_draft_length", "overhead_ms_per_token")
+                "mean_accepted_tokens", "overhead_ms_per_token")
 
 
 class WandbLogger:
@@ -55,7 +56,7 @@ class WandbLogger:
                              config=config, mode=self.mode, dir=self.directory, reinit="create_new",
                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
             try:
-                run.summary.update(flatten(summary))
+                run.summary.update({k: v for k, v in flatten(summary, "/").items() if v is not None})
                 logged: dict[str, Any] = {}
                 if samples:
                     logged["samples"] = wandb.Table(columns=list(SAMPLE_COLUMNS),
@@ -84,15 +85,3 @@ class WandbLogger:
                      summary={"methods": report["methods"], "memory": report.get("memory", {}),
                               "notes": report.get("notes", [])},
                      tables={"methods": (["method", *METHOD_COLUMNS, *STAT_COLUMNS], rows)})
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"a": {"b": 1}}` -> `{"a/b": 1}`; W&B charts flat keys."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= flatten(value, name + "/")
-        elif value is not None:
-            flat[name] = value
-    return flat

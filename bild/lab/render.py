@@ -1,0 +1,63 @@
+"""How the lab shows results: one table renderer, one figure saver, one flattener.
+
+Tables are plain text, columns aligned, the first `left` columns left-aligned and the rest
+right-aligned; a missing value is `-`. Figures are drawn with matplotlib's Agg backend and saved
+through one guard, so an unwritable path or an unknown suffix is one clear line. `flatten` turns
+nested dicts into one level of keys (W&B charts and setup comparisons both read that).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bild.errors import BildError
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def fmt(value: Any, spec: str = "") -> str:
+    """`value` formatted by `spec`; `-` for None."""
+    return "-" if value is None else format(value, spec)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Aligned plain-text columns under a rule."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if j < left else str(c).rjust(w)
+                         for j, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def flatten(data: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (with `sep` between the levels)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, sep, f"{prefix}{key}{sep}")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def figure(path: str, draw: Callable[[Any], None], size: tuple[float, float] = (7.5, 4.5)) -> None:
+    """Draw on a new axes with `draw(ax)` and save to `path` (PNG, PDF or SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        draw(ax)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    except (OSError, ValueError) as e:
+        raise BildError(f"cannot write the plot to {path!r}: {getattr(e, 'strerror', None) or e}; "
+                        f"use a {', '.join(PLOT_SUFFIXES)} path in a writable folder") from None
+    finally:
+        plt.close(fig)
