@@ -55,6 +55,7 @@ class CostModel(BaseModel):
     overhead_per_pass: float = 0.0  # the engine's and policy's own seconds per model pass
     identity: dict[str, Any] = {}  # what the costs are valid for (the models' shapes, hardware, dtype, fast path)
     created: str = ""
+    source: str = ""  # where a run took it from (a file, a cache, calibrated then), for its report
 
     def seconds(self, stats: Any) -> float:
         """Modelled seconds of a generation (or of several, added up) from its `GenerationStats`."""

@@ -12,11 +12,11 @@ mkdir -p out
 "$BILD" calibrate "${PAIR[@]:0:8}" --threads 2 --out out/pycode-costs.json
 # the default of `exact`: a sweep on the tuning prompts
 "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-costs.json \
-  --methods large,exact@fallback_threshold=0,exact@fallback_threshold=0.2,exact@fallback_threshold=0.3,exact@fallback_threshold=0.4,exact@fallback_threshold=0.5,exact@fallback_threshold=0.6 \
+  --methods large,exact@verify_below=0,exact@verify_below=0.2,exact@verify_below=0.3,exact@verify_below=0.4,exact@verify_below=0.5,exact@verify_below=0.6 \
   --json out/pycode_exact_sweep.json
 # every method, untuned defaults, on the reported prompts
 "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-costs.json \
-  --methods large,large-hf,large-hf-static,hf-assisted,exact,exact@fallback_threshold=0,adaptive,bild,adaptive@rollback_rule=nll@rollback_threshold=2 \
+  --methods large,large-hf,large-hf-static,hf-assisted,exact,exact@verify_below=0,adaptive,bild,adaptive@rollback_rule=nll@rollback_threshold=2 \
   --json out/pycode_unseen.json --plot out/pycode_unseen.png
 # the CPU fast paths
 "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_eval.jsonl --n 24 --cost-model out/pycode-costs.json \

@@ -26,15 +26,11 @@ faster; with `nll` it is the paper's speed-quality trade-off with one knob, `rol
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
-
-import torch
-from pydantic import Field
 
 from bild.costs import CostModel
 from bild.policy import DraftStep, Outcome, Verification
 from bild.registry import register_policy
-from policies.rules import RulePolicy
+from policies.rules import RollbackRule, RulePolicy
 
 BINS = 20
 PRIOR = 2.0  # pseudo-observations behind each bin's starting guess (its max probability)
@@ -75,10 +71,7 @@ def bin_of(max_prob: float) -> int:
 class AdaptivePolicy(RulePolicy):
     """Keep drafting while another draft's expected gain exceeds its cost, learned online: no thresholds."""
 
-    rollback_rule: Literal["nll", "exact", "rejection"] = Field(
-        "exact", description="exact (default): output equals the large model's; nll: the paper's trade-off, one "
-        "knob (rollback_threshold); rejection: speculative sampling",
-        json_schema_extra={"sampling_only": ["rejection"]})
+    rollback_rule: RollbackRule = "exact"  # lossless by default; nll: the paper's trade-off, one knob
 
     def new_state(self) -> AdaptiveState:
         return AdaptiveState()
@@ -88,15 +81,18 @@ class AdaptivePolicy(RulePolicy):
 
     def fallback(self, step: DraftStep) -> bool:
         """Discard the draft when even verifying it with the pending ones is not worth its extra token."""
-        state, bin_ = step.state, bin_of(step.max_prob)
+        state = step.state
+        survival = state.survival * state.survives(bin_of(step.max_prob))
+        return survival < state.rate * self.verify_cost(step.costs, step.pending + 1)
+
+    def after_draft(self, state: AdaptiveState, step: DraftStep, fell_back: bool) -> None:
+        bin_ = bin_of(step.max_prob)
         state.seen[bin_] += 1
-        survival = state.survival * state.survives(bin_)
-        if survival < state.rate * self.verify_cost(step.costs, step.pending + 1):
+        if fell_back:
             state.discarded = (bin_, step.token)
-            return True
-        state.survival = survival
-        state.pending.append(bin_)
-        return False
+        else:
+            state.survival *= state.survives(bin_)
+            state.pending.append(bin_)
 
     def stop_drafting(self, step: DraftStep) -> bool:
         """Verify now when a further draft, at the average survival, is not worth a small pass and a token."""
@@ -121,7 +117,7 @@ class AdaptivePolicy(RulePolicy):
             # the large model has just judged the position of the discarded draft too: would it have
             # survived? Without this, doubtful bins would never be tried again once they look bad.
             bin_, token = state.discarded
-            survived = self.would_keep(verification, token)
+            survived = self.accepts(verification, verification.n, token)
             if survived is not None:
                 (state.accepted if survived else state.rejected)[bin_] += 1
         costs = verification.costs
@@ -130,15 +126,3 @@ class AdaptivePolicy(RulePolicy):
                        ) / costs.large.pass_seconds(1)
         state.tokens += outcome.kept + 1
         state.survival, state.pending, state.discarded = 1.0, [], None
-
-    def would_keep(self, verification: Verification, token: int) -> bool | None:
-        """Whether the rollback rule would have kept `token` at the position after the drafts (None: unknown)."""
-        n = verification.n
-        if self.rollback_rule == "exact" or (verification.greedy and self.rollback_rule == "rejection"):
-            return token == verification.large_tokens[n]
-        if self.rollback_rule == "nll":
-            if token == verification.large_tokens[n]:
-                return True
-            nll = -float(torch.log_softmax(verification.large_logits[n].float(), dim=-1)[token])
-            return nll <= self.rollback_threshold
-        return None  # speculative sampling: a draw, not a property of the token

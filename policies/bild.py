@@ -6,19 +6,16 @@ back with the paper's cross-entropy rule (see policies/rules.py for it and the a
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from bild.policy import DraftStep
 from bild.registry import register_policy
-from policies.rules import RulePolicy, low_confidence
+from policies.rules import FallbackThreshold, RulePolicy, low_confidence
 
 
 @register_policy("bild")
 class BiLDPolicy(RulePolicy):
     """The paper's rules: fall back on low confidence, roll back on high cross-entropy."""
 
-    fallback_threshold: float = Field(0.6, ge=0.0, le=1.0, description=(
-        "fall back when the small model's max probability is below this (0: never, 1: always)"))
+    fallback_threshold: FallbackThreshold = 0.6
 
     def fallback(self, step: DraftStep) -> bool:
         return low_confidence(step, self.fallback_threshold)

@@ -1,16 +1,21 @@
 """`exact`: greedy speculative decoding; the output equals the large model's greedy output.
 
 Every draft is kept up to the first one the large model would not have chosen, whatever the
-small model does; `fallback_threshold` only decides how long drafts get (the speed), never what is
-generated. A draft below it is kept and verified at once with the pending ones (not thrown
-away, as BiLD's fallback does): the verification pass grows little with one more token, and the
-draft often survives. The default, 0.4, ties for the best modelled speed in a sweep on the tuning
-prompts of docs/results.md (§3); `adaptive` picks the stopping point itself.
+small model does; `verify_below` only decides how long drafts get (the speed), never what is
+generated: once a draft's max probability is below it, that draft is kept and verified at once
+with the pending ones (not thrown away, as BiLD's fallback does): the verification pass grows
+little with one more token, and the draft often survives. The default, 0.4, ties for the best
+modelled speed in a sweep on the tuning prompts of docs/results.md (§3); `adaptive` picks the
+stopping point itself. The parameter was called `fallback_threshold` before 0.3, and that name
+is still accepted, with a deprecation warning: it never caused a fallback.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+import warnings
+from typing import Any
+
+from pydantic import Field, model_validator
 
 from bild.policy import DraftStep, Policy, Verification
 from bild.registry import register_policy
@@ -21,15 +26,24 @@ from policies.rules import low_confidence
 class ExactPolicy(Policy):
     """Greedy speculative decoding: output identical to the large model alone."""
 
-    fallback_threshold: float = Field(0.4, ge=0.0, le=1.0, description=(
+    verify_below: float = Field(0.4, ge=0.0, le=1.0, description=(
         "verify once a draft's max probability is below this, the draft included (speed only; 0: draft up to "
         "the cap)"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "fallback_threshold" in data and "verify_below" not in data:
+            warnings.warn("exact's `fallback_threshold` is now `verify_below` (it never made the policy fall back)",
+                          DeprecationWarning, stacklevel=2)
+            data = {("verify_below" if k == "fallback_threshold" else k): v for k, v in data.items()}
+        return data
 
     def fallback(self, step: DraftStep) -> bool:
         return False
 
     def stop_drafting(self, step: DraftStep) -> bool:
-        return low_confidence(step, self.fallback_threshold)
+        return low_confidence(step, self.verify_below)
 
     def rollback(self, verification: Verification) -> int:
         return verification.first_mismatch

@@ -168,9 +168,10 @@ class LearnedPolicy(RulePolicy):
                 raise BildError(f"learned-policy file {self.path!r} reads a hidden state of {clf.hidden_size} "
                                 f"values, but this small model's has {hidden.shape[-1]}")
             x = torch.cat([x, hidden])
-        reject = clf.reject_probability(x) > self.threshold
-        step.state.add(step, kept=not reject)
-        return reject
+        return clf.reject_probability(x) > self.threshold
+
+    def after_draft(self, state: Round, step: DraftStep, fell_back: bool) -> None:
+        state.add(step, kept=not fell_back)
 
     def after_verification(self, state: Round, verification: Verification, outcome: Outcome) -> None:
         state.reset()

@@ -29,6 +29,16 @@ HELDOUT = SHARED / "data" / "pycode_stdlib_heldout.jsonl"
 PROMPTS = ["def add(", "for i in", "the quick", "class Point:\n", "import os\n", "x", "self.x = x", " "]
 
 
+def one_error(stderr: str) -> str:
+    """The one error line of a failed command (progress lines of its own, `bild <command>: ...`, may precede it;
+    no traceback, no second error)."""
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr and lines, stderr
+    assert lines[-1].startswith("bild: error: ") and sum(line.startswith("bild: error") for line in lines) == 1, stderr
+    assert all(line.startswith("bild ") for line in lines[:-1]), stderr
+    return lines[-1]
+
+
 class AlwaysFallback(Policy):
     """Every token comes from the large model."""
 

@@ -9,6 +9,7 @@ import torch
 
 from bild import BildError, GenerationConfig, ModelPair, generate, generate_single, make_policy
 from bild.lab.align import align, build_data
+from bild.lab.outputs import OutputFolder
 from bild.lab.tasks import Example
 
 from conftest import PROMPTS
@@ -43,11 +44,14 @@ def test_alignment_raises_agreement_and_writes_a_loadable_pair(pair, pair_dirs, 
 
 def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair, tmp_path):
     out = tmp_path / "aligned"
+    folder = OutputFolder(out, "align")
+    folder.open()
+    folder.wrote("data")
     build_data(pair, examples(70)[:66], out / "data", 6, "large", 4, progress=False)  # as if cut off
     shards = sorted((out / "data").glob("shard-*.pt"))
     assert len(shards) == 2
     stamp = shards[0].stat().st_mtime
-    with pytest.raises(BildError, match="exists: --resume continues it"):
+    with pytest.raises(BildError, match="holds an earlier `bild align`: --resume continues it"):
         align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, progress=False)
     summary = align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, resume=True, progress=False)
     assert summary["prompts"] == 70 and shards[0].stat().st_mtime == stamp  # nothing generated twice
@@ -62,3 +66,15 @@ def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair
     with pytest.raises(BildError, match="is a file"):
         align(pair, examples(20), tmp_path / "file", minutes=0.05, progress=False)
     assert torch.is_inference_mode_enabled() is False
+    assert not (tmp_path / "few").exists()  # a refused run leaves no folder behind
+
+
+def test_overwrite_deletes_only_what_align_wrote(pair, tmp_path):
+    """A folder align wrote, plus a user's file: --overwrite replaces align's files and keeps the user's."""
+    out = tmp_path / "aligned"
+    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, progress=False)
+    (out / "my-notes.txt").write_text("mine")
+    written = json.loads((out / ".bild-output.json").read_text())["entries"]
+    assert {"data", "work", "align.json", "config.json"} <= set(written) and "my-notes.txt" not in written
+    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, overwrite=True, progress=False)
+    assert (out / "my-notes.txt").read_text() == "mine" and (out / "align.json").exists()

@@ -81,7 +81,7 @@ def test_acceptance_in_the_fields_terms_agrees_with_a_hand_count(load_pair):
 
     pair, seen, total = load_pair("llama", 1), Rounds(), None
     for prompt in PROMPTS:
-        stats = generate(pair, prompt, make_policy("exact", {"fallback_threshold": 0.0}),
+        stats = generate(pair, prompt, make_policy("exact", {"verify_below": 0.0}),
                          GenerationConfig(max_new_tokens=24, max_draft_tokens=5), observers=[seen]).stats
         total = stats if total is None else total + stats
     drafted, kept = sum(d for d, _ in seen.rounds), sum(k for _, k in seen.rounds)
@@ -95,8 +95,9 @@ def test_acceptance_in_the_fields_terms_agrees_with_a_hand_count(load_pair):
 
 
 def test_params_apply_to_policies_that_have_them():
-    methods = parse_methods("exact,bild", {"fallback_threshold": "0.2", "rollback_threshold": "3"})
-    assert methods[0].policy.fallback_threshold == 0.2
+    methods = parse_methods("exact,bild", {"verify_below": "0.3", "fallback_threshold": "0.2",
+                                           "rollback_threshold": "3"})
+    assert methods[0].policy.verify_below == 0.3
     assert methods[1].policy.params() == {"fallback_threshold": 0.2, "rollback_threshold": 3.0, "rollback_rule": "nll"}
 
 

@@ -8,6 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+import bild.lab.align
 import bild.lab.calibrate
 from bild import BildError, GenerationConfig, GenerationStats, ModelPair, generate, generate_single, make_policy
 from bild.costs import CostModel, PassCosts
@@ -71,7 +72,8 @@ def test_calibration_measures_every_length_and_round_trips(load_pair, tmp_path):
         CostModel.load(tmp_path / "bad.json")
 
 
-def test_an_interrupted_calibration_writes_nothing(pair_dirs, tmp_path, monkeypatch):
+def test_an_interrupted_command_writes_nothing_half_and_says_how_to_continue(pair_dirs, tmp_path, monkeypatch,
+                                                                             capsys):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -79,6 +81,13 @@ def test_an_interrupted_calibration_writes_nothing(pair_dirs, tmp_path, monkeypa
     small, large = map(str, pair_dirs("llama", 1))
     assert cli(["calibrate", "--small", small, "--large", large, "--out", str(tmp_path / "c.json")]) == 130
     assert list(tmp_path.iterdir()) == []
+    assert "nothing was written (a calibration does not resume): rerun the command" in capsys.readouterr().err
+    monkeypatch.setattr(bild.lab.align, "build_data", interrupt)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "def f{i}("}}\n' for i in range(12)))
+    assert cli(["align", "--small", small, "--large", large, "--prompts", str(prompts), "--out",
+                str(tmp_path / "a")]) == 130
+    assert "rerun with --resume to continue" in capsys.readouterr().err
 
 
 def test_bench_reports_modelled_speedups_that_do_not_depend_on_the_clock(load_pair, tmp_path):

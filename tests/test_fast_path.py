@@ -20,7 +20,7 @@ FAMILIES = ("llama", "qwen2", "gpt2")
 
 def policies(rng: random.Random) -> list:
     rule = rng.choice(["nll", "exact", "rejection"])
-    return [make_policy("exact", {"fallback_threshold": rng.choice([0.0, 0.3])}),
+    return [make_policy("exact", {"verify_below": rng.choice([0.0, 0.3])}),
             make_policy("bild", {"fallback_threshold": rng.uniform(0, 0.7), "rollback_threshold": rng.uniform(0, 4),
                                  "rollback_rule": rule}),
             make_policy("entropy", {"entropy_threshold": rng.uniform(0.5, 4), "rollback_rule": rule}),
@@ -170,7 +170,7 @@ def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeyp
     config = GenerationConfig(max_new_tokens=24, max_draft_tokens=4)
     with caplog.at_level("WARNING", logger="bild"):
         for prompt in PROMPTS[:4]:
-            policy = make_policy("exact", {"fallback_threshold": 0.0})
+            policy = make_policy("exact", {"verify_below": 0.0})
             a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}))
             b = generate(graph, prompt, policy, config.model_copy(update={"fast_path": "graph"}))
             assert a.token_ids == b.token_ids

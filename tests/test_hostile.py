@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
 
+import bild.lab.experiment
 from bild import BildError, GenerationConfig, Policy, Verdict, generate, generate_single, make_policy
+from bild.costs import CostModel
 from bild.lab.cli import main as cli
 from bild.lab.tasks import load_jsonl
 
-from conftest import PROMPTS
+from conftest import PROMPTS, one_error
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,21 @@ def files(tmp_path_factory, pair_dirs):
     (root / "meta.jsonl").write_text('{"prompt": "p", "max_prob": 0.5, "entropy": 1, "margin": 0.1, "pending": 0, '
                                      '"position": 0, "rejected": 1}\n')
     (root / "meta.jsonl.meta.json").write_text("{corrupt")
-    return {"root": root, "small": small, "large": large, "good": str(good)}
+    # what a user already has beside the commands' outputs: none of it may change
+    shutil.copytree(small, root / "model")
+    (root / "unrelated").mkdir()
+    (root / "unrelated" / "notes.txt").write_text("mine")
+    (root / "unrelated" / "data.csv").write_text("a,b\n1,2\n")
+    (root / "notes.json").write_text('{"my": "notes"}\n')
+    (root / "many.jsonl").write_text("".join(json.dumps({"prompt": f"def f{i}(", "id": str(i)}) + "\n"
+                                             for i in range(12)))
+    CostModel.prior(1, 3).save(root / "costs.json")
+    (root / "front-mismatch.json").write_text(json.dumps({"policy": "exact", "front": [
+        {"trial": 3, "speedup": 1.2, "agreement": 1.0, "fallback_threshold": 0.3, "rollback_threshold": 2.0}]}))
+    report = {"setup": {"n": 6}, "methods": {"large": {"tokens_per_s": 10.0}}, "complete": True, "prompts_done": 6}
+    (root / "r-a.json").write_text(json.dumps(report))
+    (root / "r-setup-str.json").write_text(json.dumps({**report, "setup": "x"}))
+    return {"root": root, "small": small, "large": large, "good": str(good), "many": str(root / "many.jsonl")}
 
 
 def resolve(args: list[str], files: dict) -> list[str]:
@@ -82,8 +99,36 @@ CASES = [
     (["train-policy", "--traces", "{root}/label.jsonl", "--out", "{root}/c.json"], "not a trace row"),
     (["train-policy", "--traces", "{root}/meta.jsonl", "--out", "{root}/c.json"], "is corrupt"),
     # small things
-    (["demo", "--n", "0"], "--n must be at least 1"),
+    (["demo", "--n", "0"], "--n: Input should be greater than or equal to 1"),
     (["run", "{root}/space.yaml", "--set", "trails=2"], "did you mean 'trials'"),
+    (["run", "{root}"], "is a folder: give a YAML file"),
+    # nothing a command did not write is deleted or overwritten
+    (["align", "--small", "{root}/model", "--large", "{large}", "--prompts", "{many}", "--out", "{root}/model",
+      "--overwrite"], "is also an input"),
+    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/unrelated", "--overwrite"],
+     "holds 2 entries bild did not write (data.csv, notes.txt)"),
+    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/unrelated"], "entries bild did not write"),
+    (["calibrate", "--small", "{root}/model", "--large", "{large}", "--out", "{root}/model/config.json"],
+     "inside the input"),
+    ([*BENCH, "--prompts", "{good}", "--cost-model", "{root}/costs.json", "--json", "{root}/costs.json"],
+     "is also an input"),
+    ([*BENCH, "--prompts", "{good}", "--json", "{root}/notes.json", "--overwrite"], "exists and is not a bench report"),
+    ([*BENCH, "--prompts", "{good}", "--plot", "{root}/notes.png", "--json", "{root}/notes.json"],
+     "exists and is not a bench report"),
+    (["traces", *PAIR, "--prompts", "{good}", "--out", "{root}/notes.json"], "exists and is not a traces file"),
+    (["train-policy", "--traces", "{root}/meta.jsonl", "--out", "{root}/notes.json"],
+     "not a learned-policy classifier"),
+    (["compare", "{root}/r-a.json", "{root}/r-a.json", "--plot", "{root}/r-a.json"], "--plot"),
+    # crashes once
+    (["align", *PAIR, "--prompts", "{many}", "--out", "/sys/bild-out"], "is not writable"),
+    (["compare", "{root}/r-a.json", "{root}/r-setup-str.json"], "field 'setup'"),
+    # silently wrong once
+    (["bench", *PAIR, "--prompts", "{good}", "--wandb-mode", "disabled", "--from-front", "{root}/front-mismatch.json"],
+     "which policy 'exact' does not take: the front's policy and its rows disagree"),
+    # unclear once
+    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/new", "--resume", "--overwrite"], "give one of them"),
+    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/new", "--resume"], "nothing to resume"),
+    ([*BENCH, "--prompts", "{good}", "--cost-model", "{root}/notes.json"], "is not a bild cost model"),
 ]
 
 
@@ -91,10 +136,42 @@ CASES = [
 def test_bad_input_is_one_line_and_exit_2(files, args, message, capsys):
     before = {p: p.read_bytes() for p in files["root"].rglob("*") if p.is_file()}
     assert cli(resolve(args, files)) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "Traceback" not in err and message in err, err
+    assert message in one_error(capsys.readouterr().err)
     for path, data in before.items():  # nothing that was there is changed
         assert path.read_bytes() == data, path
+
+
+@pytest.mark.parametrize("args", [
+    [*BENCH, "--prompts", "{good}", "--cost-model", "{root}/notes.json"],
+    [*BENCH, "--prompts", "{good}", "--from-front", "{root}/missing-front.json"],
+    [*BENCH, "--prompts", "{root}/binary.jsonl"],
+    [*BENCH, "--prompts", "{good}", "--json", "{good}"],
+    [*TUNE, "--cost-model", "{root}/costs.json/x"],
+    ["align", *PAIR, "--prompts", "{good}", "--out", "{root}/fresh"],
+    ["align", *PAIR, "--prompts", "{many}", "--out", "{root}/model"],
+    ["traces", *PAIR, "--prompts", "{good}", "--out", "{good}"],
+    ["calibrate", *PAIR, "--out", "{root}/unrelated"],
+])
+def test_bad_inputs_are_refused_before_any_model_loads(files, args, monkeypatch, capsys):
+    def loads(*a, **kw):
+        raise AssertionError("the pair loader was called")
+
+    monkeypatch.setattr(bild.lab.experiment, "load_pair", loads)
+    assert cli(resolve(args, files)) == 2
+    one_error(capsys.readouterr().err)
+    assert not (files["root"] / "fresh").exists()  # a refused align leaves no folder behind
+
+
+def test_compare_reads_defensively(files, capsys):
+    root = files["root"]
+    report = json.loads((root / "r-a.json").read_text())
+    (root / "r-no-tps.json").write_text(json.dumps({**report, "methods": {"exact": {"chrf": 20.0}}}))
+    (root / "r-partial.json").write_text(json.dumps({**report, "complete": False, "prompts_done": 2}))
+    assert cli(["compare", str(root / "r-a.json"), str(root / "r-no-tps.json"), str(root / "r-partial.json")]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 6 (partial)" in out and "partial reports (interrupted" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("r-no-tps")]
+    assert row.split()[2] == "-"  # no tokens_per_s: shown as missing, not a crash
 
 
 def test_a_yaml_space_may_fix_a_value_with_a_number(files):
@@ -171,7 +248,7 @@ def test_random_generations_never_crash_and_exact_is_large_greedy(load_pair):
         name = rng.choice(names)
         params = {"rollback_rule": rng.choice(["nll", "exact", "rejection"])} if name != "exact" else {}
         if name in ("bild", "exact"):
-            params["fallback_threshold"] = rng.random()
+            params["fallback_threshold" if name == "bild" else "verify_below"] = rng.random()
         result = generate(pair, prompt, make_policy(name, params), config)
         assert len(result.token_ids) <= config.max_new_tokens, (i, name, params, config)
         if name == "exact" and config.temperature == 0 and not config.stop_strings:

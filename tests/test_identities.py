@@ -34,7 +34,7 @@ def test_exact_equals_large_greedy(load_pair, family, seed):
                                       itertools.cycle([10, None, 1, 4]), strict=False):
         cfg = CFG.model_copy(update={"max_draft_tokens": cap})
         large = generate_single(pair, prompt, "large", cfg)
-        exact = generate(pair, prompt, make_policy("exact", {"fallback_threshold": threshold}), cfg)
+        exact = generate(pair, prompt, make_policy("exact", {"verify_below": threshold}), cfg)
         assert exact.token_ids == large.token_ids, (prompt, threshold, cap)
         assert exact.text == large.text
 

@@ -33,7 +33,7 @@ def test_parameters_are_validated_and_serialised():
     with pytest.raises(BildError, match="did you mean 'rollback_threshold'"):
         make_policy("bild", {"rollbak_threshold": 2})
     with pytest.raises(BildError, match="valid number"):
-        make_policy("exact", {"fallback_threshold": "high"})
+        make_policy("exact", {"verify_below": "high"})
 
 
 def test_unknown_policy_lists_close_matches():

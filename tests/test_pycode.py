@@ -26,7 +26,7 @@ def prompts():
 def test_exact_and_fallback_equal_large_greedy(pycode_pair, prompts):
     for prompt in prompts:
         large = generate_single(pycode_pair, prompt, "large", CFG)
-        exact = generate(pycode_pair, prompt, make_policy("exact", {"fallback_threshold": 0.4}), CFG)
+        exact = generate(pycode_pair, prompt, make_policy("exact", {"verify_below": 0.4}), CFG)
         assert exact.token_ids == large.token_ids
         assert exact.stats.accepted_draft_tokens > 0  # a trained pair agrees often
         assert generate(pycode_pair, prompt, AlwaysFallback(), CFG).token_ids == large.token_ids

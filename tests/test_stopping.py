@@ -12,7 +12,7 @@ def test_stop_string_cuts_at_its_first_occurrence(load_pair):
     stop = free.text[5:7]  # something the large model will produce
     cfg = GenerationConfig(max_new_tokens=40, stop_strings=[stop])
     for result in (generate_single(pair, "def add(", "large", cfg),
-                   generate(pair, "def add(", make_policy("exact", {"fallback_threshold": 0.5}), cfg)):
+                   generate(pair, "def add(", make_policy("exact", {"verify_below": 0.5}), cfg)):
         assert result.stop_reason == "stop_string"
         assert result.text.endswith(stop) and stop not in result.text[: -len(stop)]
         assert result.token_ids == free.token_ids[: len(result.token_ids)]

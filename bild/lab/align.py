@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,8 @@ from tqdm.auto import tqdm
 
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.options import AlignOptions
+from bild.lab.outputs import OutputFolder
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 
@@ -267,17 +268,6 @@ def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[
 # --- the command --------------------------------------------------------------------------------
 
 
-def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise BildError(f"--out {str(out)!r} is a file: give a folder for the aligned model")
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-        raise BildError(f"--out {str(out)!r} exists: --resume continues it (its cached data and checkpoint), "
-                        "--overwrite starts afresh")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    (out / "work").mkdir(parents=True, exist_ok=True)
-
-
 def excluded(examples: list[Example], exclude: list[Example]) -> list[Example]:
     """The examples whose prompt is not in the held-out set (by text, and by id)."""
     texts, ids = {e.prompt for e in exclude}, {e.id for e in exclude}
@@ -308,16 +298,33 @@ def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Exam
             "small_chrf": small_quality(pair, examples, length)}
 
 
-def align(pair: ModelPair, examples: list[Example], out: str | Path, minutes: float, loss: str = "ce",
+def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFolder, minutes: float, loss: str = "ce",
           data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4, batch_size: int = 32,
           exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False, overwrite: bool = False,
           progress: bool = True) -> dict[str, Any]:
-    """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json."""
-    out = Path(out)
-    prepare_out(out, resume, overwrite)
+    """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json.
+
+    OUT follows bild/lab/outputs.py's rule: a new or empty folder, or one an earlier `bild align`
+    wrote (`resume` continues it; `overwrite` deletes what that run wrote, and only that).
+    """
+    folder = out if isinstance(out, OutputFolder) else OutputFolder(out, "align", [pair.small_name, pair.large_name],
+                                                                    resume, overwrite)
     examples = excluded(examples, list(exclude))
     if len(examples) < 10:
         raise BildError(f"{len(examples)} prompts are left for the calibration set: give at least 10")
+    folder.open()
+    try:
+        return fine_tune(pair, examples, folder, minutes, loss, data, length, top_k, lr, batch_size, len(exclude),
+                         list(evaluation), bool(folder.manifest["entries"]), progress)
+    finally:
+        folder.close_unused()
+
+
+def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, minutes: float, loss: str, data: str,
+              length: int, top_k: int, lr: float, batch_size: int, excluded_count: int, evaluation: list[Example],
+              resume: bool, progress: bool) -> dict[str, Any]:
+    out = folder.path
+    folder.wrote("data", "work")
     started = time.monotonic()
     records = build_data(pair, examples, out / "data", length, data, top_k, progress)
     data_seconds = time.monotonic() - started
@@ -326,23 +333,51 @@ def align(pair: ModelPair, examples: list[Example], out: str | Path, minutes: fl
     heldout: list[dict[str, Any]] = []
     before = None
     if evaluation:
-        heldout = build_data(pair, list(evaluation), out / "work" / "eval-data", length, "large", top_k, progress)
-        before = evaluate(pair, heldout, list(evaluation), length)
+        heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress)
+        before = evaluate(pair, heldout, evaluation, length)
     small = pair.small.float()  # trained in float32 whatever the pair's dtype
     report = train(small, train_records, dev, pair.vocab_size, loss, minutes * 60, out / "work", lr, batch_size,
                    resume, progress)
     best = out / "work" / "best"
     if best.exists():  # the best checkpoint, else the model as trained (no dev improvement)
         small.load_state_dict(type(small).from_pretrained(best).state_dict())
+    present = {p.name for p in out.iterdir()}
     small.save_pretrained(out)
     pair.tokenizer.save_pretrained(out)
+    folder.wrote(*sorted({p.name for p in out.iterdir()} - present), "align.json")
     summary = {"small": pair.small_name, "large": pair.large_name, "data": data, "loss": loss, "prompts": len(records),
                "continuation_tokens": length, "top_k": top_k, "lr": lr, "batch": batch_size,
-               "data_seconds": data_seconds, **report, "excluded": len(exclude)}
+               "data_seconds": data_seconds, **report, "excluded": excluded_count}
     if evaluation:
         summary["eval"] = {"prompts": len(evaluation), "before": before,
-                           "after": evaluate(pair, heldout, list(evaluation), length)}
+                           "after": evaluate(pair, heldout, evaluation, length)}
     write_atomic(out / "align.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def run_align(options: AlignOptions) -> dict[str, Any]:
+    """`bild align`: every input and OUT checked before the pair loads, then `align`, then one line."""
+    from bild.lab.experiment import load_pair
+    from bild.lab.tasks import load_examples, load_jsonl
+
+    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    exclude = load_jsonl(options.exclude) if options.exclude else []
+    evaluation = load_jsonl(options.eval) if options.eval else []
+    folder = OutputFolder(options.out, "align", [options.prompts, options.exclude, options.eval, options.small,
+                                                 options.large], options.resume, options.overwrite)
+    left = excluded(examples, exclude)
+    if len(left) < 10:
+        raise BildError(f"{len(left)} prompts are left for the calibration set after --exclude: give at least 10")
+    summary = align(load_pair(options), examples, folder, options.minutes, options.loss, options.data,
+                    options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
+                    evaluation)
+    line = (f"{summary['steps']} steps in {summary['seconds'] / 60:.1f} min on {summary['prompts']} prompts; dev "
+            f"agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}")
+    if "eval" in summary:
+        b, a = summary["eval"]["before"], summary["eval"]["after"]
+        line += (f"; held-out agreement {b['agreement']:.3f} -> {a['agreement']:.3f}, accepted run "
+                 f"{b['expected_accepted_run']:.2f} -> {a['expected_accepted_run']:.2f}")
+    print(f"{line}; written to {options.out}")
     return summary
 
 

@@ -5,23 +5,34 @@ n the engine feeds (the small model 1..2, the large model 1..cap + 1), each afte
 as the median of repeats, rewinding the cache after each; then prefills of a few prompt
 lengths, fitted by a line; then the engine's own time per pass, from a short greedy speculative
 run. Passes go through the same runners (fast path, static buffers, graphs) as decoding does.
+
+One cost model per pair, device, dtype and fast path: a bench or tune without `--cost-model`
+uses the one cached for its setup (`$BILD_CACHE/costs/`, keyed by the models' shapes, the
+hardware, dtype, fast path, draft cap and torch version; bild/lab/identity.py), calibrating it
+once when there is none, so every bench of a pair on one machine prices passes alike, and an
+aligned small model (same shape) is priced like its original. `--recalibrate` measures it
+again; a cache file that is corrupt or of another format is measured again with one warning.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import statistics
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel, PassCosts
 from bild.engine import generate
 from bild.errors import BildError
 from bild.forward import Runner
-from bild.lab.identity import cost_mismatch, pair_identity
+from bild.lab.identity import COST_KEYS, cost_mismatch, pair_identity
 from bild.lab.options import RunOptions
 from bild.pair import ModelPair
 
@@ -34,7 +45,7 @@ def _sync(pair: ModelPair) -> None:
 
 
 def time_passes(runners: dict[str, Runner], lengths: dict[str, list[int]], pair: ModelPair, repeats: int,
-                context: int) -> dict[str, list[float]]:
+                context: int, progress: bool = True) -> dict[str, list[float]]:
     """Median seconds of a pass feeding n tokens after `context` cached ones, per model and n.
 
     Lengths and models are interleaved within each round, so a machine whose speed drifts slows
@@ -46,7 +57,8 @@ def time_passes(runners: dict[str, Runner], lengths: dict[str, list[int]], pair:
         runner.start(context + longest + 1)
         runner.feed(ids[:context], 1)
     times: dict[tuple[str, int], list[float]] = {(w, n): [] for w in runners for n in lengths[w]}
-    for _ in range(repeats + 2):  # two warm-up rounds (graph capture, allocations)
+    for _ in tqdm(range(repeats + 2), desc="calibrating passes", unit="round", disable=not progress, file=sys.stderr,
+                  leave=False):  # two warm-up rounds (graph capture, allocations)
         for which, runner in runners.items():
             for n in lengths[which]:
                 _sync(pair)
@@ -89,25 +101,52 @@ def costs_identity(pair: ModelPair, config: GenerationConfig) -> dict:
     return {**pair_identity(pair), "fast_path": fast_path, "torch": torch.__version__}
 
 
-def cost_model_for(options: RunOptions, pair: ModelPair) -> CostModel:
-    """The cost model a bench or study uses: the file given (checked against this setup), else this pair
-    calibrated here and now."""
-    if options.cost_model is None:
-        return calibrate(pair, options.generation)
-    costs = CostModel.load(options.cost_model)
-    differ = cost_mismatch(costs.identity, costs_identity(pair, options.generation))
-    if differ and not options.force_cost_model:
-        raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
-                        f"({', '.join(f'{k}={costs.identity[k]}' for k in differ)}): calibrate this setup with "
-                        "`bild calibrate`, or pass --force-cost-model to use it anyway")
-    if differ:
-        print(f"warning: using cost model {options.cost_model} measured with another {', '.join(differ)}",
-              file=sys.stderr)
-    return costs
+def read_cost_model(options: RunOptions) -> CostModel | None:
+    """The `--cost-model` file, read and checked for shape (before any model loads), or None."""
+    return CostModel.load(options.cost_model) if options.cost_model else None
+
+
+def cache_path(identity: dict, cap: int) -> Path:
+    from bild.lab.localpair import cache_dir
+
+    key = json.dumps([identity.get(k) for k in COST_KEYS] + [cap, identity.get("torch")])
+    return cache_dir() / "costs" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def cost_model_for(options: RunOptions, pair: ModelPair, given: CostModel | None = None) -> CostModel:
+    """The cost model a bench or study prices passes with: `given` (the `--cost-model` file, checked against
+    this setup), else the one cached for this setup, calibrated here once if there is none (or if asked)."""
+    identity = costs_identity(pair, options.generation)
+    if given is not None:
+        differ = cost_mismatch(given.identity, identity)
+        if differ and not options.force_cost_model:
+            raise BildError(f"cost model {options.cost_model!r} was measured with another {', '.join(differ)} "
+                            f"({', '.join(f'{k}={given.identity[k]}' for k in differ)}): calibrate this setup "
+                            "with `bild calibrate`, or pass --force-cost-model to use it anyway")
+        if differ:
+            print(f"warning: using cost model {options.cost_model} measured with another {', '.join(differ)}",
+                  file=sys.stderr)
+        return given.model_copy(update={"source": f"file {options.cost_model}"})
+    path = cache_path(identity, options.generation.draft_cap())
+    if path.exists() and not options.recalibrate:
+        try:
+            cached = CostModel.load(path)
+            if not cost_mismatch(cached.identity, identity):
+                return cached.model_copy(update={"source": f"cache {path}"})
+        except BildError as e:
+            print(f"warning: the cached cost model is unreadable ({e}); calibrating again", file=sys.stderr)
+    print(f"calibrating what each pass costs on {identity['hardware']} ({identity['fast_path']}, {identity['dtype']}); "
+          f"once per pair shape and device, cached in {path.parent}", file=sys.stderr, flush=True)
+    costs = calibrate(pair, options.generation)
+    try:
+        costs.save(path)
+    except BildError as e:
+        print(f"warning: the cost model could not be cached ({e})", file=sys.stderr)
+    return costs.model_copy(update={"source": f"calibrated, cached in {path}"})
 
 
 @torch.inference_mode()
-def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20) -> CostModel:
+def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, progress: bool = True) -> CostModel:
     """Time this pair's passes on its device under `config`'s fast path and draft cap."""
     from policies import make_policy
 
@@ -116,7 +155,7 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20) -> C
     prefill_lengths = [n for n in (16, 64, 128, 256) if n + 2 <= (pair.context_length(pair.large) or 1 << 30)]
     runners = runners_for(pair, config)
     lengths = {"small": [1, 2], "large": list(range(1, cap + 2))}
-    passes = time_passes(runners, lengths, pair, repeats, context)
+    passes = time_passes(runners, lengths, pair, repeats, context, progress)
     costs = {w: PassCosts(passes=passes[w], prefill=time_prefill(runners[w], pair, prefill_lengths, repeats))
              for w in runners}
     ids = [(11 * i + 5) % pair.vocab_size for i in range(context)]

@@ -11,10 +11,11 @@
     bild traces / train-policy     data and training for the learned policy
     bild build-pair / demo         the offline local pair, and a short bench on it
 
-Flags are built from the option models (bild/lab/options.py and the core's GenerationConfig):
-a setting's name, default, bounds and help are defined there once. Every user error is one
-line on stderr and exit code 2, never a traceback. `--help` imports neither torch nor the lab's
-heavy dependencies.
+Every command's flags are built from its option model (bild/lab/options.py and the core's
+GenerationConfig): a setting's name, default, bounds and help are defined there once. Every user
+error is one line on stderr and exit code 2, never a traceback; Ctrl-C is one line saying how to
+continue (resume with the same command, `--resume`, or nothing to resume). `--help` imports
+neither torch nor the lab's heavy dependencies.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import json
 import logging
 import sys
 import typing
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
 
@@ -35,8 +36,13 @@ from bild.errors import BildError
 from bild.lab.options import (
     AlignOptions,
     BenchOptions,
+    BuildPairOptions,
     CalibrateOptions,
+    CompareOptions,
+    DemoOptions,
     GenerateOptions,
+    PoliciesOptions,
+    RunConfigOptions,
     TracesOptions,
     TrainPolicyOptions,
     TuneOptions,
@@ -44,9 +50,10 @@ from bild.lab.options import (
 )
 
 FLAGS = {"stop_strings": "stop", "json_out": "json", "json_output": "json", "params": "param"}
-KEY_VALUE = ("params", "space")  # repeatable KEY=VALUE flags that fill a mapping
-DEMO_METHODS = ("large,large-hf,small,hf-assisted,exact,exact@fallback_threshold=0,adaptive,bild,"
+KEY_VALUE = ("params", "space", "set")  # repeatable KEY=VALUE flags
+DEMO_METHODS = ("large,large-hf,small,hf-assisted,exact,exact@verify_below=0,adaptive,bild,"
                 "bild@fallback_threshold=0.3@rollback_threshold=2")
+log = logging.getLogger("bild")
 
 # --- flags from option models -------------------------------------------------------------------------
 
@@ -56,25 +63,29 @@ def flag(name: str) -> str:
 
 
 def add_options(parser: argparse.ArgumentParser, model: type[BaseModel], prefix: str = "") -> None:
-    """One flag per field of `model` (and of nested models), unset unless given."""
+    """One flag per field of `model` (and of nested models), unset unless given; positional fields as such."""
     for name, info in model.model_fields.items():
         if name == "command":
             continue
         if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             add_options(parser, info.annotation, f"{prefix}{name}.")
             continue
-        default = "" if info.is_required() or info.default in (None, [], {}) else f" (default: {info.default})"
-        kwargs: dict[str, Any] = {"dest": prefix + name, "default": argparse.SUPPRESS,
-                                  "help": (info.description or "") + default, "required": info.is_required()}
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         origin = typing.get_origin(info.annotation)
+        if extra.get("positional"):
+            parser.add_argument(prefix + name, nargs="+" if origin is list else None, help=info.description)
+            continue
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        shown = "" if default in (None, [], {}, False) else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": prefix + name, "default": argparse.SUPPRESS,
+                                  "help": (info.description or "") + shown, "required": info.is_required()}
         if info.annotation is bool:
             kwargs["action"] = "store_true"
         elif origin in (list, dict) or name in KEY_VALUE:
             kwargs |= {"action": "append", "metavar": "KEY=VALUE" if name in KEY_VALUE else "VALUE"}
+            kwargs["help"] += "; repeatable"
             if name == "stop_strings":
-                kwargs["help"] += r"; repeatable; understands \n and \t escapes"
-            elif name in KEY_VALUE:
-                kwargs["help"] += "; repeatable"
+                kwargs["help"] += r"; understands \n and \t escapes"
         elif origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(info.annotation))
         parser.add_argument(flag(name), **kwargs)
@@ -92,13 +103,13 @@ def options_from(args: argparse.Namespace, model: type[BaseModel]) -> Any:
     """The option model of a command, from its parsed flags; errors name the flag."""
     values: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if dest in ("command", "handler"):
+        if dest == "command":
             continue
         *parents, name = dest.split(".")
         target = values
         for part in parents:
             target = target.setdefault(part, {})
-        if name in KEY_VALUE:
+        if name in ("params", "space"):
             value = parse_pairs(value, f"--{FLAGS.get(name, name)}")
         elif name == "stop_strings":
             value = [unescape(v) for v in value]
@@ -144,15 +155,16 @@ def run_generate(options: GenerateOptions) -> None:
     s = result.stats
     print(f"[{policy.name}] {s.new_tokens} tokens in {s.wall_seconds:.2f}s ({s.tokens_per_second:.1f} tok/s); "
           f"large calls {s.large.calls}, drafts {s.draft_tokens} ({s.accepted_draft_tokens} accepted), "
-          f"fallbacks {s.fallbacks}, rollbacks {s.rollbacks}", file=sys.stderr)
+          f"fallbacks {s.fallbacks}, rollbacks {s.rollbacks}; fast path small {s.small.fast_path}, "
+          f"large {s.large.fast_path}", file=sys.stderr)
 
 
-def run_policies(args: argparse.Namespace) -> None:
+def run_policies(options: PoliciesOptions) -> None:
     from bild.registry import list_policies, parameters
 
     rows = [{"name": name, "description": cls.describe(), "params": [p.model_dump() for p in parameters(cls)]}
             for name, cls in list_policies().items()]
-    if args.json:
+    if options.json_output:
         print(json.dumps(rows, indent=2, default=str))
         return
     for row in rows:
@@ -171,36 +183,50 @@ def run_policies(args: argparse.Namespace) -> None:
 
 
 def run_bench(options: BenchOptions) -> None:
+    log.info("bild bench: checking the inputs, then loading the pair")
     from bild.lab.experiment import execute_bench
 
     execute_bench(options)
 
 
 def run_tune(options: TuneOptions) -> None:
+    log.info("bild tune: checking the inputs, then loading the pair")
     from bild.lab.experiment import execute_tune
 
     execute_tune(options)
 
 
-def run_config(args: argparse.Namespace) -> None:
+def run_config(options: RunConfigOptions) -> None:
     from bild.lab.experiment import execute, load_experiment
 
-    execute(load_experiment(args.config, args.set))
+    experiment = load_experiment(options.config, options.set)
+    log.info("bild run: %s from %s: checking the inputs, then loading the pair", experiment.command, options.config)
+    execute(experiment)
 
 
-def run_compare(args: argparse.Namespace) -> None:
+def run_compare(options: CompareOptions) -> None:
+    from pathlib import Path
+
     from bild.lab.compare import compare
+    from bild.lab.outputs import PLOT, check_output
+    from bild.lab.render import PLOT_SUFFIXES
 
-    print(compare(args.reports, args.plot))
+    if options.plot:
+        if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
+            raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
+        check_output(options.plot, options.reports, PLOT)
+    print(compare(options.reports, options.plot))
 
 
 def run_calibrate(options: CalibrateOptions) -> None:
+    log.info("bild calibrate: loading the pair")
     from bild.lab.calibrate import calibrate
     from bild.lab.experiment import load_pair
-    from bild.lab.report import check_output
+    from bild.lab.outputs import COST_MODEL, check_output
 
-    out = check_output(options.out, [])
+    out = check_output(options.out, [options.small, options.large], COST_MODEL)
     costs = calibrate(load_pair(options), options.generation, options.repeats)
+    log.info("bild calibrate: done")
     costs.save(out)
     large = ", ".join(f"{1000 * s:.2f}" for s in costs.large.passes)
     print(f"small pass {1000 * costs.small.passes[0]:.2f} ms; large passes of 1..{len(costs.large.passes)} tokens: "
@@ -209,42 +235,32 @@ def run_calibrate(options: CalibrateOptions) -> None:
 
 
 def run_align(options: AlignOptions) -> None:
-    from bild.lab.align import align
-    from bild.lab.experiment import load_pair
-    from bild.lab.tasks import load_examples, load_jsonl
+    from bild.lab.align import run_align as align
 
-    examples = load_examples(options.prompts, options.task, options.n, options.offset)
-    exclude = load_jsonl(options.exclude) if options.exclude else []
-    evaluation = load_jsonl(options.eval) if options.eval else []
-    pair = load_pair(options)
-    summary = align(pair, examples, options.out, options.minutes, options.loss, options.data,
-                    options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
-                    evaluation, options.resume, options.overwrite)
-    line = (f"{summary['steps']} steps in {summary['seconds'] / 60:.1f} min on {summary['prompts']} prompts; dev "
-            f"agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}")
-    if "eval" in summary:
-        b, a = summary["eval"]["before"], summary["eval"]["after"]
-        line += (f"; held-out agreement {b['agreement']:.3f} -> {a['agreement']:.3f}, accepted run "
-                 f"{b['expected_accepted_run']:.2f} -> {a['expected_accepted_run']:.2f}")
-    print(f"{line}; written to {options.out}")
+    align(options)
 
 
 def run_traces(options: TracesOptions) -> None:
     from bild.lab.experiment import load_pair
+    from bild.lab.outputs import TRACES, TRACES_META, check_output
     from bild.lab.tasks import load_examples
-    from bild.lab.traces import collect_traces
+    from bild.lab.traces import collect_traces, meta_path
 
+    inputs = [options.prompts, options.small, options.large]
+    out = check_output(options.out, inputs, TRACES)
+    check_output(meta_path(out), inputs, TRACES_META)
     examples = load_examples(options.prompts, options.task, options.n, options.offset)
-    meta = collect_traces(load_pair(options), examples, options.generation, options.out, inputs=[options.prompts],
-                          hidden=options.hidden)
+    meta = collect_traces(load_pair(options), examples, options.generation, out, hidden=options.hidden)
     print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {options.out} "
           f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
 
 
 def run_train_policy(options: TrainPolicyOptions) -> None:
-    from bild.lab.traces import train_classifier
+    from bild.lab.outputs import CLASSIFIER, check_output
+    from bild.lab.traces import meta_path, train_classifier
 
-    t = train_classifier(options.traces, options.out, options.held_out, options.rule, options.rollback_threshold,
+    out = check_output(options.out, [options.traces, meta_path(options.traces)], CLASSIFIER)
+    t = train_classifier(options.traces, out, options.held_out, options.rule, options.rollback_threshold,
                          options.model, options.hidden)
     low, high = t["roc_auc_interval"]
     base_low, base_high = t["roc_auc_max_prob_interval"]
@@ -254,86 +270,106 @@ def run_train_policy(options: TrainPolicyOptions) -> None:
           f"[{base_low:.3f}, {base_high:.3f}]; saved to {options.out}")
 
 
-def run_build_pair(args: argparse.Namespace) -> None:
+def run_build_pair(options: BuildPairOptions) -> None:
     from bild.lab.localpair import build_local_pair
 
-    print(build_local_pair(args.preset, force=args.force))
+    print(build_local_pair(options.preset, force=options.force))
 
 
-def run_demo(args: argparse.Namespace) -> None:
+def run_demo(options: DemoOptions) -> None:
     from bild.lab.experiment import execute_bench
 
-    if args.n < 1:
-        raise BildError(f"--n must be at least 1, got {args.n}")
-    execute_bench(BenchOptions(pair="local", task="pycode", n=args.n, wandb_mode=args.wandb_mode,
-                               generation=GenerationConfig(max_new_tokens=48),
-                               methods=DEMO_METHODS))
+    execute_bench(BenchOptions(pair="local", task="pycode", n=options.n, wandb_mode=options.wandb_mode,
+                               generation=GenerationConfig(max_new_tokens=48), methods=DEMO_METHODS))
 
 
-COMMANDS: dict[str, tuple[str, type[BaseModel] | None, Any]] = {
-    "generate": ("decode one prompt with a policy", GenerateOptions, run_generate),
-    "bench": ("compare BiLD with the baselines on a prompt set", BenchOptions, run_bench),
-    "tune": ("search a policy's parameters with Optuna (speed vs quality)", TuneOptions, run_tune),
-    "calibrate": ("measure a cost model of a pair on this device", CalibrateOptions, run_calibrate),
-    "align": ("fine-tune the small model toward the large one's predictions", AlignOptions, run_align),
-    "traces": ("record labelled draft features for the learned policy", TracesOptions, run_traces),
-    "train-policy": ("train the learned policy's classifier on traces", TrainPolicyOptions, run_train_policy),
+class Command(NamedTuple):
+    help: str
+    options: type[BaseModel]
+    run: Callable[[Any], None]
+    interrupted: Callable[[Any], str]  # the line Ctrl-C prints: how to continue
+
+
+def nothing(what: str) -> Callable[[Any], str]:
+    return lambda options: f"nothing was written ({what}): rerun the command"
+
+
+def bench_interrupted(options: BenchOptions | TuneOptions) -> str:
+    if isinstance(options, TuneOptions):
+        return "finished trials are stored in the study: rerun the same command to continue it"
+    if options.json_out:
+        return f"what was measured is in {options.json_out}: rerun the same command to resume"
+    return "nothing was saved (no --json): give --json OUT to make a bench resumable, then rerun"
+
+
+def config_interrupted(options: RunConfigOptions) -> str:
+    from bild.lab.experiment import load_experiment
+
+    try:
+        return bench_interrupted(load_experiment(options.config, options.set))
+    except BildError:
+        return "rerun the same command"
+
+
+COMMANDS: dict[str, Command] = {
+    "generate": Command("decode one prompt with a policy", GenerateOptions, run_generate,
+                        nothing("generate only prints")),
+    "bench": Command("compare BiLD with the baselines on a prompt set", BenchOptions, run_bench, bench_interrupted),
+    "tune": Command("search a policy's parameters with Optuna (speed vs quality)", TuneOptions, run_tune,
+                    bench_interrupted),
+    "run": Command("run a bench or tune from a YAML config", RunConfigOptions, run_config, config_interrupted),
+    "calibrate": Command("measure a cost model of a pair on this device", CalibrateOptions, run_calibrate,
+                         nothing("a calibration does not resume")),
+    "align": Command("fine-tune the small model toward the large one's predictions", AlignOptions, run_align,
+                     lambda o: f"the calibration set and the last checkpoint are in {o.out}: rerun with --resume "
+                               "to continue"),
+    "traces": Command("record labelled draft features for the learned policy", TracesOptions, run_traces,
+                      nothing("traces are written at the end")),
+    "train-policy": Command("train the learned policy's classifier on traces", TrainPolicyOptions,
+                            run_train_policy, nothing("the classifier is written at the end")),
+    "compare": Command("bench reports side by side, with what makes them comparable", CompareOptions, run_compare,
+                       nothing("compare only reads")),
+    "policies": Command("list registered policies and their parameters", PoliciesOptions, run_policies,
+                        nothing("policies only lists")),
+    "build-pair": Command("train the local pair from the Python standard library", BuildPairOptions,
+                          run_build_pair, nothing("a pair is kept only whole")),
+    "demo": Command("build the local pair if needed, then a short bench on it", DemoOptions, run_demo,
+                    lambda o: "a finished local pair is kept; rerun to bench it"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bild.lab.presets import LOCAL_PAIRS
-
     parser = argparse.ArgumentParser(prog="bild", description="Big Little Decoder: fast decoding "
                                      "with a small and a large model.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, model, _) in COMMANDS.items():
-        add_options(sub.add_parser(name, help=help_text, description=help_text), model)
-
-    run = sub.add_parser("run", help="run a bench or tune from a YAML config")
-    run.add_argument("config", help="YAML file, e.g. experiments/pycode_tune.yaml")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override an option of the config (dotted for nested ones: generation.max_new_tokens=32)")
-
-    build = sub.add_parser("build-pair", help="train the local pair from the Python standard library")
-    build.add_argument("--preset", default="cpu", choices=sorted(LOCAL_PAIRS.values()))
-    build.add_argument("--force", action="store_true", help="rebuild even if cached")
-
-    demo = sub.add_parser("demo", help="build the local pair if needed, then a short bench on it")
-    demo.add_argument("--n", type=int, default=8, help="prompts to bench (default 8)")
-    demo.add_argument("--wandb-mode", default="offline", choices=["offline", "online", "disabled"])
-
-    comp = sub.add_parser("compare", help="bench reports side by side, with the setup differences")
-    comp.add_argument("reports", nargs="+", metavar="REPORT.json", help="reports of `bild bench --json`")
-    comp.add_argument("--plot", metavar="OUT.png", help="draw every report's methods in one figure")
-
-    pol = sub.add_parser("policies", help="list registered policies and their parameters")
-    pol.add_argument("--json", action="store_true")
+    for name, command in COMMANDS.items():
+        add_options(sub.add_parser(name, help=command.help, description=command.help), command.options)
     return parser
-
-
-PLAIN = {"run": run_config, "build-pair": run_build_pair, "demo": run_demo, "policies": run_policies,
-         "compare": run_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("bild").addHandler(handler)
-    logging.getLogger("bild").setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    command, options = COMMANDS[args.command], None
     try:
-        if args.command in COMMANDS:
-            _, model, run = COMMANDS[args.command]
-            run(options_from(args, model))
-        else:
-            PLAIN[args.command](args)
+        options = options_from(args, command.options)
+        command.run(options)
     except BildError as e:
         print(f"bild: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a disk, a permission, a path the checks could not foresee: one line, not a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"bild: error: {e.strerror or e}{where}: check the path and the disk, then rerun", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("bild: interrupted; what was measured is saved: rerun the same command to resume", file=sys.stderr)
+        how = command.interrupted(options) if options is not None else "rerun the command"
+        print(f"bild: interrupted; {how}", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
     return 0
 
 

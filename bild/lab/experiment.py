@@ -23,8 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from bild.errors import BildError, unknown_name
 from bild.lab.options import BenchOptions, Experiment, Options, RunOptions, TuneOptions
-
-PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+from bild.lab.render import PLOT_SUFFIXES
 
 # --- loading ----------------------------------------------------------------------------------------
 
@@ -66,6 +65,9 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> BenchOptions
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise BildError(f"experiment config {str(path)!r} is a folder: give a YAML file, e.g. "
+                        "experiments/pycode_tune.yaml")
     if not path.is_file():
         raise BildError(f"experiment config {str(path)!r} does not exist")
     try:
@@ -167,16 +169,12 @@ def logger_for(options: RunOptions, group: str):
     return WandbLogger(options.wandb_mode, options.wandb_project, group=group, directory=options.wandb_dir)
 
 
-def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
-    """One method per trial of each front named by `--from-front` or `--study`, after checking it is this pair's."""
+def front_methods(fronts: list[dict[str, Any]], pair: Any) -> list[Any]:
+    """One method per trial of each front (read by `read_front`), after checking it was tuned on this pair."""
     from bild.lab.identity import pair_identity
     from bild.lab.measure import Method
-    from bild.lab.tune import read_front
-    from policies import make_policy, policy_class
+    from policies import make_policy
 
-    fronts = [read_front(path) for path in options.from_front]
-    if options.study is not None:
-        fronts.append(read_front(study_name=options.study, storage=options.storage))
     ours, methods = pair_identity(pair), []
     for front in fronts:
         label = front.get("study", "front")
@@ -184,42 +182,48 @@ def front_methods(options: BenchOptions, pair: Any) -> list[Any]:
         if differ:
             raise BildError(f"front {label!r} was tuned on another pair ({', '.join(differ)} differ): bench it "
                             "with the pair of its study")
-        keys = policy_class(front["policy"]).model_fields
         for row in front["front"]:
-            try:
-                policy = make_policy(front["policy"], {k: v for k, v in row.items() if k in keys})
-            except BildError as e:
-                raise BildError(f"front {label!r}, trial {row.get('trial')}: {e}") from None
-            methods.append(Method(name=f"{label}/trial-{row.get('trial')}", policy=policy))
-        if not front["front"]:
-            raise BildError(f"front {label!r} holds no trial yet: let the study finish some")
+            params = {k: v for k, v in row.items() if k in front["params"]}
+            methods.append(Method(name=f"{label}/trial-{row['trial']}", policy=make_policy(front["policy"], params)))
     return methods
 
 
 def execute_bench(options: BenchOptions) -> dict[str, Any]:
+    """Check every input and output, then load the pair, then bench."""
     from bild.lab.bench import format_table, plot, run_bench
-    from bild.lab.calibrate import cost_model_for
+    from bild.lab.calibrate import cost_model_for, read_cost_model
     from bild.lab.measure import parse_methods
-    from bild.lab.report import check_output
+    from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
+    from bild.lab.report import samples_path
+    from bild.lab.tune import read_front
 
     from_front = bool(options.from_front) or options.study is not None
     listed = options.methods if "methods" in options.model_fields_set or not from_front else "large"
     methods = parse_methods(listed, options.params)
+    fronts = [read_front(path) for path in options.from_front]
+    if options.study is not None:
+        fronts.append(read_front(study_name=options.study, storage=options.storage))
+    given = read_cost_model(options)
+    inputs = [options.prompts, options.cost_model, *options.from_front, options.small, options.large,
+              options._source]
+    if options.json_out:
+        check_output(options.json_out, inputs, REPORT)
+        check_output(samples_path(Path(options.json_out)), inputs, SAMPLES)
     if options.plot:
         if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
             raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
-        check_output(options.plot, [options.prompts, options.json_out])
+        check_output(options.plot, [*inputs, options.json_out], PLOT)
     examples, pair = prepare(options)
-    if from_front:
-        methods += front_methods(options, pair)
+    methods += front_methods(fronts, pair)
     found = identity(options, pair, examples)
+    costs = cost_model_for(options, pair, given)
     report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                 out=options.json_out, setup={**found, "device": str(pair.device),
                                                              "threads": options.threads},
-                                inputs=[options.prompts, *options.from_front], overwrite=options.overwrite,
-                                costs=cost_model_for(options, pair), context=context(options, pair))
+                                inputs=inputs, overwrite=options.overwrite, costs=costs,
+                                context=context(options, pair))
     print(format_table(report))
-    name = f"bench:{Path(pair.large_name).name}:{options.task or Path(options.prompts or 'prompts').stem}"
+    name = run_name("bench", pair, options)
     if options.plot:
         plot(report, options.plot, name)
     logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"],
@@ -228,16 +232,25 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     return report
 
 
+def run_name(kind: str, pair: Any, options: RunOptions) -> str:
+    """`bench:<small>+<large>:<prompts>`, from the models as given (folder names or hub ids)."""
+    models = "+".join(Path(name.rstrip("/")).name or name for name in (pair.small_name, pair.large_name))
+    return f"{kind}:{models}:{options.task or Path(options.prompts or 'prompts').stem}"
+
+
 def execute_tune(options: TuneOptions) -> dict[str, Any]:
-    from bild.lab.tune import format_front, run_tune
+    from bild.lab.calibrate import read_cost_model
+    from bild.lab.tune import check_setup, format_front, run_tune
 
     if options.study is None:
         options = options.model_copy(update={"study": f"bild-{options.policy}-"
                                              f"{options.task or Path(options.prompts or 'prompts').stem}"})
+    given = read_cost_model(options)
+    check_setup(options, [options.prompts, options.cost_model, options.small, options.large, options._source])
     examples, pair = prepare(options)
     found = identity(options, pair, examples)
     report = run_tune(options, pair, examples, logger_for(options, options.study), setup=found,
-                      context=context(options, pair))
+                      context=context(options, pair), costs=given)
     print(f"study {report['study']}: {report['finished_trials']} finished trials; baseline "
           f"{report['baseline']['tokens_per_s']:.1f} tokens/s, {options.metric} "
           f"{report['baseline']['quality'][options.metric]}")

@@ -64,8 +64,9 @@ class RunOptions(Options, PromptOptions):
     wandb_dir: str | None = Field(None, description="where W&B writes its runs (default: the current directory)")
     _source: str | None = PrivateAttr(None)  # the experiment file these options came from
 
-    cost_model: str | None = Field(None, description="cost model JSON from `bild calibrate` (default: calibrate "
-                                   "this pair here first)")
+    cost_model: str | None = Field(None, description="cost model JSON from `bild calibrate` (default: the one cached "
+                                   "for this pair shape, device, dtype and fast path, calibrated here once)")
+    recalibrate: bool = Field(False, description="measure the cached cost model of this setup again")
     force_cost_model: bool = Field(False, description="use --cost-model although it was measured with another pair, "
                                    "device or dtype (e.g. GPU costs for a study whose trials run on CPUs)")
 
@@ -75,7 +76,7 @@ class GenerateOptions(Options):
     prompt: str | None = Field(None, description="the prompt text")
     prompt_file: str | None = Field(None, description="read the prompt from this text file")
     policy: str = Field("bild", description="registered policy name (see `bild policies`)")
-    params: dict[str, Any] = Field({}, description="policy parameter KEY=VALUE, repeatable")
+    params: dict[str, Any] = Field({}, description="policy parameter KEY=VALUE")
     json_output: bool = Field(False, description="print one JSON object: text, token_ids, stats")
 
 
@@ -83,12 +84,12 @@ class BenchOptions(RunOptions):
     command: Literal["bench"] = "bench"
     methods: str = Field(DEFAULT_METHODS, description="comma-separated baselines and policies; a policy may "
                          "carry overrides: bild@fallback_threshold=0.3@rollback_threshold=3")
-    params: dict[str, Any] = Field({}, description="KEY=VALUE set on every listed policy that has it; repeatable")
+    params: dict[str, Any] = Field({}, description="KEY=VALUE set on every listed policy that has it")
     json_out: str | None = Field(None, description="write the report here (and OUT.samples.jsonl) as it runs; "
                                  "rerunning the same command resumes")
     overwrite: bool = Field(False, description="start the report afresh instead of resuming it")
     from_front: list[str] = Field([], description="bench the trials of a tune front (its FRONT.json) side by side, "
-                                  "beside --methods (default then: large); repeatable, to compare fronts")
+                                  "beside --methods (default then: large); give several to compare fronts")
     study: str | None = Field(None, description="bench the front of this Optuna study (with --storage) side by side")
     storage: str | None = Field(None, description="the study's SQLAlchemy URL, for --study")
     plot: str | None = Field(None, description="draw quality against speedup into this PNG/PDF/SVG")
@@ -114,7 +115,7 @@ class TuneOptions(RunOptions):
     max_quality_drop: float | None = Field(None, ge=0, description="quality points the large model's may drop by")
     timeout: float | None = Field(None, gt=0, description="stop this worker after S seconds")
     space: dict[str, str] = Field({}, description="narrow (KEY=LOW:HIGH), choose (KEY=A|B) or fix (KEY=VALUE) a "
-                                  "parameter; repeatable")
+                                  "parameter")
 
     @field_validator("space", mode="before")
     @classmethod
@@ -181,7 +182,48 @@ class AlignOptions(Options, PromptOptions):
     lr: float = Field(1e-4, gt=0, description="peak learning rate")
     batch: int = Field(32, ge=1, description="sequences per training step")
     resume: bool = Field(False, description="continue an interrupted run in --out (its cached data and checkpoint)")
-    overwrite: bool = Field(False, description="start afresh, deleting what --out holds")
+    overwrite: bool = Field(False, description="start afresh, deleting what an earlier `bild align` wrote in --out")
+
+
+class RunConfigOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["run"] = "run"
+    config: str = Field(description="YAML file, e.g. experiments/pycode_tune.yaml",
+                        json_schema_extra={"positional": True})
+    set: list[str] = Field([], description="override an option of the config, KEY=VALUE (dotted for nested ones: "
+                           "generation.max_new_tokens=32)")
+
+
+class BuildPairOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["build-pair"] = "build-pair"
+    preset: Literal["cpu", "gpu"] = Field("cpu", description="cpu: ~7 min on 2 CPU cores; gpu: a stronger pair")
+    force: bool = Field(False, description="rebuild even if cached")
+
+
+class DemoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["demo"] = "demo"
+    n: int = Field(8, ge=1, description="prompts to bench")
+    wandb_mode: WandbMode = Field("offline", description="W&B logging")
+
+
+class CompareOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["compare"] = "compare"
+    reports: list[str] = Field(description="reports of `bild bench --json`", json_schema_extra={"positional": True})
+    plot: str | None = Field(None, description="draw every report's methods in one figure (PNG, PDF or SVG)")
+
+
+class PoliciesOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["policies"] = "policies"
+    json_output: bool = Field(False, description="print the policies as JSON")
 
 
 Experiment = Annotated[BenchOptions | TuneOptions, Field(discriminator="command")]

@@ -1,11 +1,13 @@
 """Writing a bench's results as they come, so nothing measured is lost and a rerun resumes.
 
 `<out>` holds the summary (rewritten atomically after every prompt, `"complete": false` until
-the end) and `<out>.samples.jsonl` one line per method and prompt (appended). Rerunning the same
-command resumes: prompts whose every method is in the samples file are kept and not measured
-again; a changed setup is refused, naming what differs; `overwrite` starts afresh. A lock file
+the end, and from the start, so even a run killed during its warm-up leaves one) and
+`<out>.samples.jsonl` one line per method and prompt (appended). Rerunning the same command
+resumes: prompts whose every method is in the samples file are kept and not measured again; a
+changed setup is refused, naming what differs; `overwrite` starts afresh. A lock file
 (`<out>.lock`, holding the writer's pid) refuses a second writer of the same report while the
-first is alive. An output path that is one of the inputs is refused before anything is written.
+first is alive. Outputs follow bild/lab/outputs.py's rule: never an input, and an existing file
+is replaced only when it is a bench report (or samples file).
 """
 
 from __future__ import annotations
@@ -17,28 +19,11 @@ from typing import Any
 
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.outputs import REPORT, SAMPLES, check_output
 
 
 def samples_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".json") + ".samples.jsonl")
-
-
-def check_output(out: str | Path, inputs: list[str | Path | None]) -> Path:
-    """`out` as a path whose folder exists (created), after refusing one that is an input or a folder."""
-    path = Path(out).expanduser()
-    for given in filter(None, inputs):
-        if Path(given).expanduser().resolve() == path.resolve():
-            raise BildError(f"the output {str(out)!r} is also an input: writing it would destroy the input; "
-                            "pick another output path")
-    if path.is_dir():
-        raise BildError(f"the output {str(out)!r} is a folder: give a file path, e.g. {path / 'report.json'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BildError(f"cannot create the folder of {str(out)!r}: {e.strerror}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise BildError(f"cannot write results to {str(out)!r}: its folder is not writable")
-    return path
 
 
 def _alive(pid: int) -> bool:
@@ -87,13 +72,14 @@ class ReportWriter:
 
     def __init__(self, out: str | Path | None, setup: dict[str, Any], inputs: list[str | Path | None] = (),
                  overwrite: bool = False) -> None:
-        self.out = None if out is None else check_output(out, list(inputs))
+        self.out = None if out is None else check_output(out, list(inputs), REPORT)
         self.done: list[dict[str, Any]] = []
         self.lock = None
         if self.out is None:
             return
         self.samples = samples_path(self.out)
-        check_output(self.samples, list(inputs))
+        check_output(self.samples, list(inputs), SAMPLES)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
         self.lock = Lock(self.out, "bench")
         try:
             if not overwrite:

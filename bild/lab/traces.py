@@ -31,7 +31,7 @@ from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
 from bild.files import write_atomic
-from bild.lab.report import check_output
+from bild.lab.outputs import CLASSIFIER, TRACES, TRACES_META, check_output
 from bild.lab.tasks import Example
 from bild.observer import Observer
 from bild.pair import ModelPair
@@ -70,6 +70,12 @@ class TraceRecorder(Observer):
         self.round.reset()
 
 
+def meta_path(traces: str | Path) -> Path:
+    """The metadata file written beside a traces file."""
+    traces = Path(traces)
+    return traces.with_name(traces.name + ".meta.json")
+
+
 def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationConfig, out: str | Path,
                    progress: bool = True, inputs: list[str | None] = (), hidden: bool = False) -> dict[str, Any]:
     """Write one JSON line per judged draft to `out` (and `out.meta.json`); return counts."""
@@ -77,8 +83,9 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
 
     from policies import make_policy
 
-    out = check_output(out, list(inputs))
-    policy = make_policy("exact", {"fallback_threshold": 0.0})
+    out = check_output(out, list(inputs), TRACES)
+    check_output(meta_path(out), list(inputs), TRACES_META)
+    policy = make_policy("exact", {"verify_below": 0.0})
     lines, mismatches = [], 0
     for example in tqdm(examples, desc="traces", unit="prompt", disable=not progress):
         recorder = TraceRecorder(hidden)
@@ -91,7 +98,7 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
             "vocab_size": pair.vocab_size, "hidden_size": pair.small.config.get_text_config(decoder=True).hidden_size
             if hidden else 0, "small": pair.small_name, "large": pair.large_name,
             "max_new_tokens": config.max_new_tokens, "max_draft_tokens": config.max_draft_tokens}
-    write_atomic(out.with_name(out.name + ".meta.json"), json.dumps(meta, indent=2) + "\n")
+    write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
     return meta
 
 
@@ -138,13 +145,13 @@ def load_traces(path: str | Path, hidden_size: int = 0) -> tuple[list[dict[str, 
     except UnicodeDecodeError as e:
         raise BildError(f"traces file {str(path)!r} is not UTF-8 text (byte {e.start}): give the JSONL of "
                         "`bild traces`") from None
-    meta_path = path.with_name(path.name + ".meta.json")
+    meta_file = meta_path(path)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         if not isinstance(meta, dict):
             raise ValueError("not an object")
     except (ValueError, UnicodeDecodeError) as e:
-        raise BildError(f"{meta_path} is corrupt ({type(e).__name__}): collect the traces again with "
+        raise BildError(f"{meta_file} is corrupt ({type(e).__name__}): collect the traces again with "
                         "`bild traces`") from None
     rows = []
     for number, line in enumerate(lines, start=1):
@@ -240,5 +247,5 @@ def train_classifier(traces: str | Path, out: str | Path, held_out_fraction: flo
                 "std": std.tolist(), "layers": [{"weight": w.tolist(), "bias": b.tolist()} for w, b in weights],
                 "label": {"rule": rule, "threshold": threshold if rule == "nll" else None},
                 "vocab_size": meta["vocab_size"], "training": training}
-    write_atomic(check_output(out, [traces]), json.dumps(document, indent=2) + "\n")
+    write_atomic(check_output(out, [traces, meta_path(traces)], CLASSIFIER), json.dumps(document, indent=2) + "\n")
     return training

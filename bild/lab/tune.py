@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bild.costs import CostModel
 from bild.engine import encode_prompt
 from bild.errors import BildError, unknown_name
+from bild.files import write_atomic
 from bild.lab.identity import machine_info
 from bild.lab.measure import (
     Measurement,
@@ -53,7 +54,7 @@ from bild.lab.measure import (
     tokens_per_second,
 )
 from bild.lab.options import TuneOptions
-from bild.lab.report import check_output
+from bild.lab.outputs import FRONT, PLOT, check_output
 from bild.lab.space import SearchSpace
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
@@ -91,20 +92,27 @@ def check_objectives(options: TuneOptions) -> list[str]:
                     "(with --max-quality-drop)")
 
 
-def check_setup(options: TuneOptions, examples: list[Example], space: SearchSpace) -> Path:
-    """Everything that can be refused before measuring; the front's path stem."""
+def check_setup(options: TuneOptions, inputs: list[str | None] = ()) -> Path:
+    """Everything that can be refused before a model loads; the front's path stem."""
+    from policies import policy_class
+
     check_objectives(options)
+    SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
     if not STUDY_NAME.fullmatch(options.study or ""):
         raise BildError(f"study name {options.study!r} must be letters, digits, '.', '_' or '-' (it names files): "
                         "e.g. --study pycode-bild")
-    if options.metric != "agreement" and any(e.reference is None for e in examples):
-        raise BildError(f"--metric {options.metric} needs a reference for every prompt; "
-                        "use --metric agreement (agreement with the large model) for prompts without")
     out = Path(options.out_dir)
     if out.exists() and not out.is_dir():
         raise BildError(f"--out-dir {options.out_dir!r} is a file: give a folder")
-    stem = check_output(out / f"{options.study}-front.json", [options.prompts]).with_suffix("")
+    stem = check_output(out / f"{options.study}-front.json", [options.prompts, *inputs], FRONT).with_suffix("")
+    check_output(stem.with_suffix(".png"), [options.prompts, *inputs], PLOT)
     return stem
+
+
+def check_examples(options: TuneOptions, examples: list[Example]) -> None:
+    if options.metric != "agreement" and any(e.reference is None for e in examples):
+        raise BildError(f"--metric {options.metric} needs a reference for every prompt; "
+                        "use --metric agreement (agreement with the large model) for prompts without")
 
 
 def open_storage(options: TuneOptions) -> optuna.storages.RDBStorage:
@@ -377,13 +385,17 @@ def machine_key(pair: ModelPair) -> str:
 
 
 def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
-             setup: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Join (or create) the study, run trials until it holds `options.trials`, report its front."""
+             setup: dict[str, Any], context: dict[str, Any] | None = None, costs: CostModel | None = None
+             ) -> dict[str, Any]:
+    """Join (or create) the study, run trials until it holds `options.trials`, report its front. `costs`: the
+    `--cost-model` file, already read (else the setup's cached or calibrated one)."""
     from bild.lab.calibrate import cost_model_for
     from policies import policy_class
 
     space = SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
-    stem = check_setup(options, examples, space)
+    stem = check_setup(options)
+    check_examples(options, examples)
+    given = costs
     setup = {**setup, **options.model_dump(include={"policy", "objectives", "objective", "metric",
                                                       "max_quality_drop", "space"})}
     for e in examples:  # a prompt that cannot run is refused before a study is touched
@@ -393,7 +405,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     costs = None
     if options.objective == "modelled":
         costs = CostModel(**shared_value(study, storage, "cost_model",
-                                         lambda: cost_model_for(options, pair).model_dump()))
+                                         lambda: cost_model_for(options, pair, given).model_dump()))
     key = "baseline" if options.objective == "modelled" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
@@ -415,7 +427,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                                                          "quality": objective.base_quality},
               "front": rows, "notes": notes, "machine": machine_info(pair), "options": options.model_dump(),
               "setup": setup, "cost_model": costs.model_dump() if costs else None}
-    (stem.with_suffix(".json")).write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     if rows:
         plot_front(study, rows, options.metric, stem.with_suffix(".png"), objective.base_quality.get(options.metric))
     tables = {"pareto_front": (list(rows[0]), [list(r.values()) for r in rows])} if rows else {}
@@ -429,20 +441,45 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     return report
 
 
+FRONT_COLUMNS = {"trial", "speedup", "measured_speedup", "quality_drop", "dominated", "chrf", "bleu", "rouge_l",
+                 "agreement"}
+
+
+def check_front(found: Any, label: str) -> dict[str, Any]:
+    """A front as `bild bench --from-front` needs it, or one line naming what is wrong; adds `params`, the
+    policy's parameter names."""
+    from policies import policy_class
+
+    if not isinstance(found, dict) or not isinstance(found.get("front"), list) or not isinstance(
+            found.get("policy"), str):
+        raise BildError(f"{label} is not a front of `bild tune` (it needs 'policy' and a 'front' list)")
+    params = set(policy_class(found["policy"]).model_fields)
+    for i, row in enumerate(found["front"]):
+        if not isinstance(row, dict) or "trial" not in row:
+            raise BildError(f"{label}: front row {i} is not an object with a 'trial'")
+        foreign = sorted(set(row) - params - FRONT_COLUMNS)
+        if foreign:
+            raise BildError(f"{label}: trial {row['trial']} sets {', '.join(foreign)}, which policy "
+                            f"{found['policy']!r} does not take: the front's policy and its rows disagree")
+    if not found["front"]:
+        raise BildError(f"{label} holds no trial yet: let the study finish some")
+    return {**found, "params": sorted(params)}
+
+
 def read_front(path: str | None = None, study_name: str | None = None,
                storage: str | None = None) -> dict[str, Any]:
-    """A tune's front, from its FRONT.json or from the study itself: policy, setup and rows."""
+    """A tune's front, from its FRONT.json or from the study itself: policy, setup, rows and `params`."""
     if path is not None:
         try:
             found = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise BildError(f"front file {path!r} does not exist: `bild tune` writes OUT_DIR/STUDY-front.json"
                             ) from None
+        except IsADirectoryError:
+            raise BildError(f"front file {path!r} is a folder: give the STUDY-front.json of `bild tune`") from None
         except (OSError, ValueError) as e:
             raise BildError(f"{path!r} is not a front file of `bild tune` ({type(e).__name__})") from None
-        if not isinstance(found, dict) or not isinstance(found.get("front"), list) or "policy" not in found:
-            raise BildError(f"{path!r} is not a front file of `bild tune` (no 'policy' and 'front')")
-        return found
+        return check_front(found, f"front file {path!r}")
     if study_name is None or storage is None:
         raise BildError("give --from-front FRONT.json, or both --study NAME and --storage URL")
     storage_ = open_storage(TuneOptions(policy="?", storage=storage))
@@ -454,5 +491,5 @@ def read_front(path: str | None = None, study_name: str | None = None,
     setup = study.user_attrs.get("setup", {})
     options = TuneOptions(policy=setup.get("policy", "?"), objectives=setup.get("objectives", ["speedup", "quality"]),
                           metric=setup.get("metric", "chrf"), max_quality_drop=setup.get("max_quality_drop"))
-    return {"study": study_name, "policy": options.policy, "setup": setup, "metric": options.metric,
-            "front": front_rows(front(study, options), options.metric)}
+    return check_front({"study": study_name, "policy": options.policy, "setup": setup, "metric": options.metric,
+                        "front": front_rows(front(study, options), options.metric)}, f"study {study_name!r}")
