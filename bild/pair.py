@@ -233,6 +233,12 @@ class ModelPair:
         return set() if eos is None else set(eos) if isinstance(eos, list) else {eos}
 
     @property
+    def pad_id(self) -> int | None:
+        """The token that pads a batch: the tokenizer's pad token, else its EOS (many decoders have no pad)."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    @property
     def encoder_decoder(self) -> bool:
         return bool(self.large.config.is_encoder_decoder)
 

@@ -78,3 +78,59 @@ def test_overwrite_deletes_only_what_align_wrote(pair, tmp_path):
     assert {"data", "work", "align.json", "config.json"} <= set(written) and "my-notes.txt" not in written
     align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, overwrite=True, progress=False)
     assert (out / "my-notes.txt").read_text() == "mine" and (out / "align.json").exists()
+
+
+def test_a_set_that_overfits_at_once_hands_back_the_original_model(pair, pair_dirs, tmp_path, capsys):
+    """Twelve prompts and a destructive learning rate: no step beats the original on the dev split, so OUT
+    holds the original weights, `improved` is false, and the command says so."""
+    from bild.lab.align import Stopping, report_lines
+
+    original = {k: v.clone() for k, v in pair.small.state_dict().items()}
+    out = tmp_path / "aligned"
+    summary = align(pair, examples(12), out, Stopping(seconds=60, patience=2, max_epochs=50, eval_every=1),
+                    length=6, top_k=4, lr=0.5, progress=False)
+    assert summary["improved"] is False and summary["best_step"] == 0 and summary["stopped"] == "patience"
+    assert summary["evaluations"] == 2 and len(summary["dev_curve"]) == 3
+    saved = ModelPair.from_pretrained(str(out), str(pair_dirs("llama", 1)[1]), device="cpu").small.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in original.items())
+    assert "alignment did not help" in "\n".join(report_lines(summary, str(out)))
+    assert "epochs over these 9 training prompts" in capsys.readouterr().err  # a minute is far too much for them
+    written = json.loads((out / "align.json").read_text())
+    assert written["improved"] is False and written["dev_curve"][0] == [0, summary["dev_agreement_before"]]
+    assert (out / "align-curve.png").stat().st_size > 1000
+
+
+def test_training_stops_at_the_epoch_cap_or_the_clock(pair, tmp_path):
+    from bild.lab.align import Stopping
+
+    capped = align(pair, examples(20), tmp_path / "a", Stopping(seconds=60, patience=100, max_epochs=2),
+                   length=4, top_k=4, batch_size=8, progress=False)
+    assert capped["stopped"] == "max_epochs" and capped["epochs"] == pytest.approx(2, abs=0.5)
+    timed = align(pair, examples(20), tmp_path / "b", Stopping(seconds=0.5, patience=100, max_epochs=10_000),
+                  length=4, top_k=4, batch_size=8, progress=False)
+    assert timed["stopped"] == "minutes" and timed["steps"] >= 1
+
+
+def test_the_held_out_check_says_when_it_fell_on_the_last_line():
+    from bild.lab.align import report_lines
+
+    summary = {"steps": 40, "epochs": 4.0, "evaluations": 8, "seconds": 60.0, "train_prompts": 90,
+               "stopped": "patience", "patience": 4, "max_epochs": 8.0, "dev_agreement_before": 0.69,
+               "dev_agreement_best": 0.71, "improved": True, "best_step": 20,
+               "eval": {"before": {"agreement": 0.58, "expected_accepted_run": 2.5},
+                        "after": {"agreement": 0.49, "expected_accepted_run": 2.1}}}
+    lines = report_lines(summary, "out")
+    assert "stopped by no dev gain in 4 evaluations in a row" in lines[0]
+    assert lines[-1].startswith("warning: the held-out agreement FELL (0.580 -> 0.490)")
+
+
+def test_too_few_prompts_for_a_dev_split_are_refused_and_nothing_is_written(pair, tmp_path):
+    from bild.lab.align import dev_split
+
+    with pytest.raises(BildError, match="at least 10"):
+        align(pair, examples(6), tmp_path / "few", minutes=0.05, length=4, progress=False)
+    assert not (tmp_path / "few").exists()
+    with pytest.raises(BildError, match="cannot make a dev split of 3 and a training set: give at least 6"):
+        dev_split([{"id": str(i), "ids": torch.tensor([1, 2]), "start": 1} for i in range(5)])
+    with pytest.raises(BildError, match="no continuation tokens"):
+        dev_split([{"id": str(i), "ids": torch.tensor([1, 2]), "start": 2} for i in range(12)])

@@ -127,7 +127,9 @@ CASES = [
      "which policy 'exact' does not take: the front's policy and its rows disagree"),
     # unclear once
     (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/new", "--resume", "--overwrite"], "give one of them"),
-    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/new", "--resume"], "nothing to resume"),
+    (["align", *PAIR, "--prompts", "{many}", "--out", "{root}/new", "--minutes", "0"],
+     "--minutes: Input should be greater than 0"),
+    (["align", *PAIR, "--prompts", "{good}", "--out", "{root}/new"], "2 prompts are left for the calibration set"),
     ([*BENCH, "--prompts", "{good}", "--cost-model", "{root}/notes.json"], "is not a bild cost model"),
 ]
 

@@ -10,41 +10,54 @@ often the small model predicts what the large one would, the fewer fallbacks and
             for greedy acceptance); `mix`: half each. Generated in batches and cached in shards
             under OUT/data (an interrupted run resumes where it stopped; prompts in `--exclude`
             are never used).
-    train   the small model for a wall-time budget against the large model's distributions:
-            `ce` (its greedy tokens), `fkl` (forward KL), `rkl` (reverse KL), `tvd` (total
-            variation, what greedy acceptance depends on), `mix` (ce + fkl), all over the top-k
-            support; AdamW with a cosine schedule over the budget. Batches are left-padded so
-            the output layer runs on the continuation positions only. The checkpoint with the best
-            top-1 agreement on a dev split is kept (OUT/work/best), so Ctrl-C loses nothing; a
-            checkpoint every minute lets `--resume` continue.
+    train   the small model against the large model's distributions: `ce` (its greedy
+            tokens), `fkl` (forward KL), `rkl` (reverse KL), `tvd` (total variation, what greedy
+            acceptance depends on), `mix` (ce + fkl), all over the top-k support; AdamW with a
+            warm-up and a cosine decay (bild/lab/training.py). Batches are left-padded so the
+            output layer runs on the continuation positions only. Top-1 agreement with the large
+            model on a dev split (the `DEV_FRACTION` of prompts lowest by hash, at least
+            `DEV_MIN`) is evaluated at a fixed cadence (`--eval-every` steps, default half an
+            epoch); training stops after `--patience` evaluations without a gain, at
+            `--max-epochs`, or at `--minutes`, whichever comes first, and says which.
+    keep    the original small model is the first checkpoint: OUT holds whatever scored best on
+            the dev split, and when no step beat the original, the original weights themselves
+            (`improved: false`). A small prompt set overfits fast; before training the command
+            says how many epochs the budget would mean, and how many prompts it could use.
     out     OUT is a Hugging Face model folder (`ModelPair.from_pretrained(OUT, large)` loads it)
-            with `align.json`: data, loss, steps, time, agreement before and after, and with
-            `--eval FILE` agreement, expected accepted run length and small-alone chrF on held-out
-            prompts, before and after.
+            with `align.json` (data, loss, steps, epochs, evaluations, the dev curve, why it
+            stopped, agreement before and after) and `align-curve.png`; with `--eval FILE`, the
+            agreement, expected accepted run and small-alone chrF on held-out prompts before and
+            after. A checkpoint every minute lets `--resume` continue; Ctrl-C loses nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.corpus import hash_fraction
 from bild.lab.options import AlignOptions
 from bild.lab.outputs import OutputFolder
+from bild.lab.render import figure
 from bild.lab.tasks import Example
+from bild.lab.training import adamw, learning_rate, smooth, update
 from bild.pair import ModelPair
 
 SHARD = 64  # prompts per cached shard
 BATCH = 16  # sequences per generation batch
 RUN_CAP = 10  # accepted runs are counted up to the engine's default draft cap
+PROMPT_TOKENS = 192  # a prompt's last tokens kept: the continuation depends on the recent context; batches stay small
+DEV_FRACTION, DEV_MIN = 0.1, 3  # the dev split: a tenth of the prompts, at least three
+TOO_MANY_EPOCHS = 4  # a budget worth more epochs than this over the training prompts is warned about
 
 
 # --- the calibration set ------------------------------------------------------------------------
@@ -52,8 +65,7 @@ RUN_CAP = 10  # accepted runs are counted up to the engine's default draft cap
 
 def left_padded(pair: ModelPair, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(map(len, prompts))
-    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else pair.tokenizer.eos_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=pair.device)  # [B, T]
+    ids = torch.tensor([[pair.pad_id] * (width - len(p)) + p for p in prompts], device=pair.device)  # [B, T]
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=pair.device)  # [B, T]
     return ids, mask
 
@@ -63,10 +75,9 @@ def continuations(pair: ModelPair, prompts: list[list[int]], length: int, source
     """Greedy continuations of the large model, or samples of the small one, for a batch of prompts."""
     ids, mask = left_padded(pair, prompts)
     model = pair.large if source == "large" else pair.small
-    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else pair.tokenizer.eos_token_id
     sampling = {"do_sample": True, "temperature": 1.0, "top_k": 0} if source == "small" else {"do_sample": False}
-    out = model.generate(ids, attention_mask=mask, max_new_tokens=length, min_new_tokens=length, pad_token_id=pad,
-                         **sampling)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=length, min_new_tokens=length,
+                         pad_token_id=pair.pad_id, **sampling)
     return out[:, ids.shape[1]:].tolist()
 
 
@@ -103,7 +114,7 @@ def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length:
         chunk, shard_records = todo[start: start + SHARD], []
         for b in range(0, len(chunk), BATCH):
             batch = chunk[b: b + BATCH]
-            prompts = [pair.tokenizer(e.prompt)["input_ids"][-192:] for e in batch]
+            prompts = [pair.tokenizer(e.prompt)["input_ids"][-PROMPT_TOKENS:] for e in batch]
             kinds = [source if source != "mix" else ("large", "small")[(start + b + i) % 2] for i in range(len(batch))]
             tails: list[list[int]] = [[] for _ in batch]
             for kind in set(kinds):
@@ -202,67 +213,138 @@ def agreement_runs(model: torch.nn.Module, records: list[dict[str, Any]], vocab:
     return agree / max(total, 1), sum(runs) / max(len(runs), 1)
 
 
+class Stopping(NamedTuple):
+    """When fine-tuning stops: `patience` evaluations without a gain, `max_epochs` passes over the training
+    prompts, or `seconds` of wall time, whichever comes first; `eval_every` steps between evaluations (None:
+    half an epoch)."""
+
+    seconds: float
+    patience: int = 4
+    max_epochs: float = 8.0
+    eval_every: int | None = None
+
+
 def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[str, Any]], vocab: int,
-          loss_name: str, seconds: float, work: Path, lr: float, batch_size: int, resume: bool,
+          loss_name: str, stopping: Stopping, work: Path, lr: float, batch_size: int, resume: bool,
           progress: bool = True) -> dict[str, Any]:
-    """Fine-tune for `seconds` of wall time; keep the best dev agreement under `work/best`."""
+    """Fine-tune until `stopping` says so; the best dev agreement's weights end in `model`, the original's when
+    no step beat it (the original is the first checkpoint)."""
     device = next(model.parameters()).device
-    model.train().requires_grad_(True)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    state = {"step": 0, "elapsed": 0.0, "best": agreement_runs(model, dev, vocab, device)[0], "best_step": 0,
-             "losses": []}
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.float().train().requires_grad_(True)  # trained in float32 whatever the pair's dtype
+    opt = adamw(model, lr, weight_decay=0.01, betas=(0.9, 0.98))
+    per_epoch = max(1, math.ceil(len(records) / batch_size))
+    eval_every = stopping.eval_every or max(1, per_epoch // 2)
+    max_steps = max(1, math.ceil(stopping.max_epochs * per_epoch))
+    before = agreement_runs(model, dev, vocab, device)[0]
+    state = {"step": 0, "elapsed": 0.0, "best": before, "best_step": 0, "curve": [[0, before]], "since_best": 0}
     checkpoint = work / "checkpoint.pt"
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = saved["state"]
-    start_agreement = state["best"]
     gen = torch.Generator().manual_seed(state["step"])
-    begun, last_eval, last_save = time.monotonic() - state["elapsed"], time.monotonic(), time.monotonic()
-    bar = tqdm(total=round(seconds), initial=round(state["elapsed"]), desc=f"aligning ({loss_name})", unit="s",
+    begun, last_save, smoothed, stopped = time.monotonic() - state["elapsed"], time.monotonic(), float("nan"), None
+    bar = tqdm(total=max_steps, initial=state["step"], desc=f"aligning ({loss_name})", unit="step",
                disable=not progress)
-    smoothed = float("nan")
 
-    def evaluate_and_keep() -> None:
+    def evaluate_and_keep() -> bool:
+        """Score the dev split; keep a new best; whether patience has run out."""
         agreement = agreement_runs(model, dev, vocab, device)[0]
+        state["curve"].append([state["step"], agreement])
         if agreement > state["best"]:
-            state["best"], state["best_step"] = agreement, state["step"]
+            state["best"], state["best_step"], state["since_best"] = agreement, state["step"], 0
             model.save_pretrained(work / "best")
+        else:
+            state["since_best"] += 1
         bar.set_postfix(agreement=f"{agreement:.3f}", best=f"{state['best']:.3f}", loss=f"{smoothed:.3f}")
+        return state["since_best"] >= stopping.patience
 
     try:
-        while (elapsed := time.monotonic() - begun) < seconds or state["step"] == 0:  # one step, at least
-            frac = min(elapsed / seconds, 1.0)
-            for group in opt.param_groups:  # warm up, then cosine down over the wall-time budget
-                group["lr"] = lr * min(1.0, (state["step"] + 1) / 20) * 0.5 * (1 + math.cos(math.pi * frac))
+        while stopped is None:
+            elapsed = time.monotonic() - begun
+            if state["step"] >= max_steps:
+                stopped = "max_epochs"
+                break
+            if elapsed >= stopping.seconds and state["step"] > 0:
+                stopped = "minutes"
+                break
             pick = torch.randint(len(records), (batch_size,), generator=gen).tolist()
             batch = batch_of([records[i] for i in pick], device)
             loss = divergence(student_logp(model, batch, vocab), batch["top_ids"], batch["top_logp"], loss_name)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            rate = learning_rate(lr, state["step"], max(state["step"] / max_steps, elapsed / stopping.seconds))
+            smoothed = smooth(smoothed, update(model, opt, loss, rate))
             state["step"] += 1
-            if state["step"] == 1 and time.monotonic() - begun > seconds:
-                raise BildError(f"the budget of {seconds / 60:g} minutes is shorter than one training step "
-                                f"({time.monotonic() - begun:.0f} s here): give a larger --minutes")
-            smoothed = loss.item() if math.isnan(smoothed) else 0.95 * smoothed + 0.05 * loss.item()
             now = time.monotonic()
             state["elapsed"] = now - begun
-            bar.update(round(state["elapsed"]) - bar.n)
-            if now - last_eval > max(20.0, seconds / 30):
-                evaluate_and_keep()
-                last_eval = now
+            if state["step"] == 1:  # the first step's time is what the budget is worth (an overestimate: warm-up)
+                if state["elapsed"] > stopping.seconds:
+                    raise BildError(f"the budget of {stopping.seconds / 60:g} minutes is shorter than one training "
+                                    f"step ({state['elapsed']:.0f} s here): give a larger --minutes")
+                warn_epochs(stopping, state["elapsed"], per_epoch, len(records), batch_size)
+            bar.update(1)
+            if state["step"] % eval_every == 0 and evaluate_and_keep():
+                stopped = "patience"
             if now - last_save > 60:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, checkpoint)
                 last_save = now
-        evaluate_and_keep()
+        if state["curve"][-1][0] != state["step"]:
+            evaluate_and_keep()
     finally:
         bar.close()
         model.eval().requires_grad_(False)
-    return {"steps": state["step"], "seconds": state["elapsed"], "dev_agreement_before": start_agreement,
-            "dev_agreement_best": state["best"], "best_step": state["best_step"]}
+    best = work / "best"
+    if state["best_step"] > 0 and best.exists():
+        model.load_state_dict(type(model).from_pretrained(best).state_dict())
+    else:  # no step beat the original: hand it back unchanged
+        model.load_state_dict(original)
+        model.to(next(iter(original.values())).dtype)
+    return {"steps": state["step"], "seconds": state["elapsed"], "epochs": state["step"] / per_epoch,
+            "evaluations": len(state["curve"]) - 1, "eval_every": eval_every, "stopped": stopped,
+            "patience": stopping.patience, "max_epochs": stopping.max_epochs,
+            "dev_agreement_before": state["curve"][0][1], "dev_agreement_best": state["best"],
+            "best_step": state["best_step"], "improved": state["best_step"] > 0, "dev_curve": state["curve"]}
+
+
+def warn_epochs(stopping: Stopping, step_seconds: float, per_epoch: int, prompts: int, batch_size: int) -> None:
+    """Say, once, when the time budget is worth many epochs over few prompts (a small set overfits)."""
+    epochs = stopping.seconds / step_seconds / per_epoch
+    if epochs > TOO_MANY_EPOCHS:
+        usable = int(stopping.seconds / step_seconds * batch_size / TOO_MANY_EPOCHS)
+        print(f"note: the {stopping.seconds / 60:g}-minute budget is about {epochs:.0f} epochs over these {prompts} "
+              f"training prompts ({1 / step_seconds:.1f} steps/s): they will overfit, so training stops when the dev "
+              f"agreement stops improving (--patience {stopping.patience}) or at --max-epochs {stopping.max_epochs:g}; "
+              f"the budget could use about {usable} prompts", file=sys.stderr, flush=True)
+
+
+def curve_plot(summary: dict[str, Any], path: Path) -> None:
+    """The dev agreement against training steps, the original's as a line."""
+    steps, agreement = zip(*summary["dev_curve"], strict=True)
+
+    def draw(ax: Any) -> None:
+        ax.plot(steps, agreement, "o-", ms=3, label="dev agreement")
+        ax.axhline(summary["dev_agreement_before"], color="0.5", ls="--", label="original")
+        ax.axvline(summary["best_step"], color="C3", ls=":", label=f"kept (step {summary['best_step']})")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("top-1 agreement with the large model")
+        ax.set_title(f"alignment: stopped by {summary['stopped']}", fontsize=9)
+        ax.legend(fontsize=8)
+
+    figure(str(path), draw, size=(6.0, 3.8))
+
+
+def dev_split(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(dev, train): the `DEV_FRACTION` of prompts lowest by hash, at least `DEV_MIN`, and the rest."""
+    ranked = sorted(records, key=lambda r: (hash_fraction(r["id"]), r["id"]))
+    size = max(DEV_MIN, round(DEV_FRACTION * len(records)))
+    if len(records) < size + DEV_MIN:
+        raise BildError(f"{len(records)} prompts cannot make a dev split of {size} and a training set: give at "
+                        f"least {size + DEV_MIN}")
+    dev = ranked[:size]
+    if sum(len(r["ids"]) - r["start"] for r in dev) == 0:
+        raise BildError("the dev split holds no continuation tokens: give a positive --max-new-tokens")
+    return dev, ranked[size:]
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -283,11 +365,11 @@ def small_quality(pair: ModelPair, examples: list[Example], length: int) -> floa
         return None
     texts = []
     for b in range(0, len(examples), BATCH):
-        prompts = [pair.tokenizer(e.prompt)["input_ids"][-192:] for e in examples[b: b + BATCH]]
+        prompts = [pair.tokenizer(e.prompt)["input_ids"][-PROMPT_TOKENS:] for e in examples[b: b + BATCH]]
         ids, mask = left_padded(pair, prompts)
         with torch.inference_mode():
             out = pair.small.generate(ids, attention_mask=mask, max_new_tokens=length, do_sample=False,
-                                      pad_token_id=pair.tokenizer.pad_token_id or pair.tokenizer.eos_token_id)
+                                      pad_token_id=pair.pad_id)
         texts += [pair.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out.tolist()]
     return chrf(texts, refs)
 
@@ -298,10 +380,10 @@ def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Exam
             "small_chrf": small_quality(pair, examples, length)}
 
 
-def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFolder, minutes: float, loss: str = "ce",
-          data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4, batch_size: int = 32,
-          exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> dict[str, Any]:
+def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFolder, minutes: float | Stopping,
+          loss: str = "ce", data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4,
+          batch_size: int = 32, exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False,
+          overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
     """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json.
 
     OUT follows bild/lab/outputs.py's rule: a new or empty folder, or one an earlier `bild align`
@@ -312,46 +394,44 @@ def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFold
     examples = excluded(examples, list(exclude))
     if len(examples) < 10:
         raise BildError(f"{len(examples)} prompts are left for the calibration set: give at least 10")
+    stopping = minutes if isinstance(minutes, Stopping) else Stopping(seconds=60 * minutes)
     folder.open()
     try:
-        return fine_tune(pair, examples, folder, minutes, loss, data, length, top_k, lr, batch_size, len(exclude),
+        return fine_tune(pair, examples, folder, stopping, loss, data, length, top_k, lr, batch_size, len(exclude),
                          list(evaluation), bool(folder.manifest["entries"]), progress)
     finally:
         folder.close_unused()
 
 
-def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, minutes: float, loss: str, data: str,
-              length: int, top_k: int, lr: float, batch_size: int, excluded_count: int, evaluation: list[Example],
-              resume: bool, progress: bool) -> dict[str, Any]:
+def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, stopping: Stopping, loss: str,
+              data: str, length: int, top_k: int, lr: float, batch_size: int, excluded_count: int,
+              evaluation: list[Example], resume: bool, progress: bool) -> dict[str, Any]:
     out = folder.path
     folder.wrote("data", "work")
     started = time.monotonic()
     records = build_data(pair, examples, out / "data", length, data, top_k, progress)
     data_seconds = time.monotonic() - started
-    dev = [r for r in records if hash_fraction(r["id"]) < 0.1] or records[:1]
-    train_records = [r for r in records if hash_fraction(r["id"]) >= 0.1]
+    dev, train_records = dev_split(records)
     heldout: list[dict[str, Any]] = []
     before = None
     if evaluation:
         heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress)
         before = evaluate(pair, heldout, evaluation, length)
-    small = pair.small.float()  # trained in float32 whatever the pair's dtype
-    report = train(small, train_records, dev, pair.vocab_size, loss, minutes * 60, out / "work", lr, batch_size,
+    report = train(pair.small, train_records, dev, pair.vocab_size, loss, stopping, out / "work", lr, batch_size,
                    resume, progress)
-    best = out / "work" / "best"
-    if best.exists():  # the best checkpoint, else the model as trained (no dev improvement)
-        small.load_state_dict(type(small).from_pretrained(best).state_dict())
     present = {p.name for p in out.iterdir()}
-    small.save_pretrained(out)
+    pair.small.save_pretrained(out)
     pair.tokenizer.save_pretrained(out)
-    folder.wrote(*sorted({p.name for p in out.iterdir()} - present), "align.json")
+    folder.wrote(*sorted({p.name for p in out.iterdir()} - present), "align.json", "align-curve.png")
     summary = {"small": pair.small_name, "large": pair.large_name, "data": data, "loss": loss, "prompts": len(records),
                "continuation_tokens": length, "top_k": top_k, "lr": lr, "batch": batch_size,
-               "data_seconds": data_seconds, **report, "excluded": excluded_count}
+               "data_seconds": data_seconds, **report, "excluded": excluded_count,
+               "dev_prompts": len(dev), "train_prompts": len(train_records)}
     if evaluation:
         summary["eval"] = {"prompts": len(evaluation), "before": before,
                            "after": evaluate(pair, heldout, evaluation, length)}
     write_atomic(out / "align.json", json.dumps(summary, indent=2) + "\n")
+    curve_plot(summary, out / "align-curve.png")
     return summary
 
 
@@ -368,18 +448,33 @@ def run_align(options: AlignOptions) -> dict[str, Any]:
     left = excluded(examples, exclude)
     if len(left) < 10:
         raise BildError(f"{len(left)} prompts are left for the calibration set after --exclude: give at least 10")
-    summary = align(load_pair(options), examples, folder, options.minutes, options.loss, options.data,
+    stopping = Stopping(60 * options.minutes, options.patience, options.max_epochs, options.eval_every)
+    summary = align(load_pair(options), examples, folder, stopping, options.loss, options.data,
                     options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
                     evaluation)
-    line = (f"{summary['steps']} steps in {summary['seconds'] / 60:.1f} min on {summary['prompts']} prompts; dev "
-            f"agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}")
-    if "eval" in summary:
-        b, a = summary["eval"]["before"], summary["eval"]["after"]
-        line += (f"; held-out agreement {b['agreement']:.3f} -> {a['agreement']:.3f}, accepted run "
-                 f"{b['expected_accepted_run']:.2f} -> {a['expected_accepted_run']:.2f}")
-    print(f"{line}; written to {options.out}")
+    for line in report_lines(summary, options.out):
+        print(line)
     return summary
 
 
-def hash_fraction(text: str) -> float:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % 1000 / 1000
+def report_lines(summary: dict[str, Any], out: str) -> list[str]:
+    """What `bild align` prints: the run, whether it helped, the held-out check (its fall on the last line)."""
+    why = {"patience": f"no dev gain in {summary['patience']} evaluations in a row", "minutes": "the time budget",
+           "max_epochs": f"the cap of {summary['max_epochs']:g} epochs"}[summary["stopped"]]
+    lines = [f"{summary['steps']} steps ({summary['epochs']:.1f} epochs, {summary['evaluations']} evaluations) in "
+             f"{summary['seconds'] / 60:.1f} min on {summary['train_prompts']} training prompts; stopped by {why}; "
+             f"dev agreement {summary['dev_agreement_before']:.3f} -> {summary['dev_agreement_best']:.3f}"]
+    if summary["improved"]:
+        lines.append(f"kept the best step ({summary['best_step']}); written to {out}")
+    else:
+        lines.append(f"alignment did not help: no step beat the original small model on the dev split, so {out} holds "
+                     "the original weights (improved: false)")
+    if "eval" in summary:
+        b, a = summary["eval"]["before"], summary["eval"]["after"]
+        lines.append(f"held-out agreement {b['agreement']:.3f} -> {a['agreement']:.3f}, expected accepted run "
+                     f"{b['expected_accepted_run']:.2f} -> {a['expected_accepted_run']:.2f}")
+        if a["agreement"] < b["agreement"]:
+            lines.append(f"warning: the held-out agreement FELL ({b['agreement']:.3f} -> {a['agreement']:.3f}): the "
+                         "dev split did not predict the held-out prompts; keep the original small model, or align on "
+                         "more prompts closer to them")
+    return lines

@@ -20,8 +20,14 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+def hash_fraction(text: str, resolution: int = 1000) -> float:
+    """Where `text` falls in [0, 1) by its SHA-256: the one deterministic split of files, prompts and traces
+    (it depends on the name alone, not on what else a machine holds)."""
+    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % resolution / resolution
+
+
 def is_held_out(relative: str) -> bool:
-    return int(hashlib.sha256(relative.encode()).hexdigest(), 16) % 100 < HELD_OUT_PERCENT
+    return hash_fraction(relative, 100) < HELD_OUT_PERCENT / 100
 
 
 def stdlib_files(held_out: bool) -> list[Path]:

@@ -20,7 +20,6 @@ This pair is a demo and a test bed, not a good code model.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bild.errors import BildError
 from bild.lab.corpus import read_texts, stdlib_files
+from bild.lab.training import adamw, learning_rate, smooth, update
 
 EOS = "<|endoftext|>"
 
@@ -125,15 +125,12 @@ def train(model: LlamaForCausalLM, stream: torch.Tensor, preset: Preset, steps: 
     """
     model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    opt = adamw(model, preset.lr, weight_decay=0.1, betas=(0.9, 0.95))
     cuda = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-    loss_avg, warmup = float("nan"), 20
+    loss_avg = float("nan")
     bar = tqdm(range(steps), desc=f"training {label}", unit="step", leave=True)
     for step in bar:
-        lr = preset.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
         offsets = torch.randint(0, len(stream) - preset.context - 1, (preset.batch,), generator=gen)
         batch = torch.stack([stream[o: o + preset.context + 1] for o in offsets.tolist()]).to(device)  # [B, T+1]
         with amp:
@@ -145,11 +142,7 @@ def train(model: LlamaForCausalLM, stream: torch.Tensor, preset: Preset, steps: 
                 with torch.no_grad():
                     target = torch.log_softmax(teacher(input_ids=batch[:, :-1]).logits.flatten(0, 1).float(), -1)
                 loss = torch.nn.functional.kl_div(logp, target, log_target=True, reduction="batchmean")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        loss_avg = loss.item() if math.isnan(loss_avg) else 0.95 * loss_avg + 0.05 * loss.item()
+        loss_avg = smooth(loss_avg, update(model, opt, loss, learning_rate(preset.lr, step, step / steps)))
         bar.set_postfix(loss=f"{loss_avg:.3f}")
     return loss_avg
 

@@ -126,9 +126,8 @@ def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, metho
         kwargs |= {"stop_strings": config.stop_strings, "tokenizer": pair.tokenizer}
     if not config.greedy:
         kwargs |= {"temperature": config.temperature, "top_k": config.top_k or 0, "top_p": config.top_p or 1.0}
-    pad = pair.tokenizer.pad_token_id if pair.tokenizer.pad_token_id is not None else pair.tokenizer.eos_token_id
     out = pair.large.generate(inputs, attention_mask=torch.ones_like(inputs), do_sample=not config.greedy,
-                              num_beams=1, max_new_tokens=config.max_new_tokens, pad_token_id=pad, **kwargs)
+                              num_beams=1, max_new_tokens=config.max_new_tokens, pad_token_id=pair.pad_id, **kwargs)
     return out[0, 1 if pair.encoder_decoder else len(ids):].tolist()
 
 

@@ -168,8 +168,12 @@ class TrainPolicyOptions(BaseModel):
 class AlignOptions(Options, PromptOptions):
     command: Literal["align"] = "align"
     out: str = Field(description="folder for the aligned small model (a Hugging Face model folder) and align.json")
-    minutes: float = Field(10.0, gt=0, description="wall-time budget of the fine-tuning (the calibration set is "
-                           "built first, and cached)")
+    minutes: float = Field(10.0, gt=0, description="upper bound on the fine-tuning's wall time (the calibration set "
+                           "is built first, and cached)")
+    patience: int = Field(4, ge=1, description="stop after this many dev evaluations without a gain")
+    max_epochs: float = Field(8.0, gt=0, description="stop after this many passes over the training prompts")
+    eval_every: int | None = Field(None, ge=1, description="training steps between dev evaluations (default: half "
+                                   "an epoch)")
     loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("ce", description="divergence to the large model: ce "
                                                             "(its greedy tokens), fkl/rkl (forward/reverse KL), tvd "
                                                             "(total variation), mix (ce + fkl)")

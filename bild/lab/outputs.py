@@ -166,8 +166,6 @@ class OutputFolder:
             if not (resume or overwrite):
                 raise BildError(f"{flag} {str(path)!r} holds an earlier `bild {command}`: --resume continues it, "
                                 "--overwrite deletes what that run wrote and starts afresh")
-        elif resume:
-            raise BildError(f"{flag} {str(path)!r} holds nothing to resume: drop --resume")
         check_writable(self.path, str(path))
 
     def read_manifest(self) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ their id, so no prompt is on both sides.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -31,6 +30,7 @@ from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.corpus import hash_fraction
 from bild.lab.outputs import CLASSIFIER, TRACES, TRACES_META, check_output
 from bild.lab.tasks import Example
 from bild.observer import Observer
@@ -132,10 +132,6 @@ def bootstrap_auc(scores: torch.Tensor, labels: torch.Tensor, prompts: list[str]
     return values[int(0.025 * len(values))], values[int(0.975 * len(values)) - 1]
 
 
-def held_out(prompt_id: str, fraction: float) -> bool:
-    return int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16) % 1000 < fraction * 1000
-
-
 def load_traces(path: str | Path, hidden_size: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
@@ -216,8 +212,8 @@ def train_classifier(traces: str | Path, out: str | Path, held_out_fraction: flo
     if hidden and not hidden_size:
         raise BildError(f"{traces} holds no hidden states: collect them with `bild traces --hidden`")
     rows = load_traces(traces, hidden_size)[0]
-    train = [r for r in rows if not held_out(r["prompt"], held_out_fraction)]
-    test = [r for r in rows if held_out(r["prompt"], held_out_fraction)]
+    train = [r for r in rows if hash_fraction(r["prompt"]) >= held_out_fraction]
+    test = [r for r in rows if hash_fraction(r["prompt"]) < held_out_fraction]
     if not train or not test:
         raise BildError(f"{len({r['prompt'] for r in rows})} prompts are too few to hold some out: "
                         "collect traces on more prompts")
