@@ -58,8 +58,12 @@ class Generation:
         self.seq = [pair.large.config.decoder_start_token_id] if pair.encoder_decoder else list(self.prompt_ids)
         self.begin = len(self.seq)  # seq[begin:] are new tokens
         self.cap = config.draft_cap()
+        # a static cache holds the prompt, every new token, and the drafts beyond max_new_tokens a last
+        # verification may feed (up to the cap, plus the large model's own token)
         capacity = len(self.seq) + config.max_new_tokens + self.cap + 1
         encoder_ids = self.prompt_ids if pair.encoder_decoder else None
+        # the longest pass each model makes: the small one catches up on its last draft and the large model's
+        # token (2); the large one verifies up to `cap` drafts after its own previous token (cap + 1)
         most = {"small": 2, "large": self.cap + 1} if policy is not None else {m: 1 for m in models}
         self.decoders = {m: Decoder(pair.runner(m, config.fast_path, most[m]), capacity, encoder_ids) for m in models}
         self.stopper = Stopper(pair.tokenizer, pair.eos_ids, config.max_new_tokens, config.stop_strings)

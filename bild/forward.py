@@ -365,16 +365,33 @@ def compiled(step: Step, undo: Undo) -> Step:
 # --- choosing a fast path ------------------------------------------------------------------------
 
 
+def spread_over(model: PreTrainedModel) -> str | None:
+    """How a model is spread over devices (a device_map over several, tensor parallel), or None on one."""
+    if getattr(model, "tp_size", None) and model.tp_size > 1:
+        return f"tensor parallel over {model.tp_size} ranks"
+    placed = {str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()}
+    return f"a device_map over {', '.join(sorted(placed))}" if len(placed) > 1 else None
+
+
 def resolve_fast_path(requested: str, model: PreTrainedModel, label: str = "model") -> str:
-    """The fast path that will serve `model`: `auto` picks `graph` on CUDA where the model allows it."""
+    """The fast path that will serve `model`: `auto` picks `graph` on CUDA where the model allows it, `static`
+    (eager) for a model spread over devices (graphs per device are not captured)."""
     reason = static_unsupported(model)
+    spread = spread_over(model)
     cuda = model.device.type == "cuda"
     if requested == "auto":
         if cuda and reason:
             log.info("bild: decoding the %s model eagerly (fast_path off): %s", label, reason)
+        elif cuda and spread:
+            log.info("bild: decoding the %s model on a static cache, eagerly (fast_path static): it is spread as %s, "
+                     "and CUDA graphs are captured on one device only", label, spread)
+            return "static"
         return "graph" if cuda and not reason else "off"
     if requested != "off" and reason:
         raise BildError(f"fast_path={requested!r} cannot serve the {label} model: {reason}; use --fast-path off")
+    if requested in ("graph", "compile") and spread:
+        raise BildError(f"fast_path={requested!r} needs the {label} model on one device, but it is spread as {spread}: "
+                        "use --fast-path static")
     if requested == "graph" and not cuda:
         raise BildError(f"fast_path='graph' needs a CUDA GPU, but the {label} model is on {model.device.type}: use "
                         "--fast-path static (static cache, eager) or off")

@@ -8,7 +8,11 @@ both models emit logits over that vocabulary (output widths may differ by paddin
 compares the common prefix) and encoder-decoders start decoding from the same token.
 
 Device defaults to CUDA when available, else CPU; dtype defaults to float32 on CPU and
-bfloat16 (float16 where unsupported) on CUDA. The pair also keeps each model's long-lived
+bfloat16 (float16 where unsupported) on CUDA. A `Placement` puts one model elsewhere: on a device
+of its own, spread over devices by accelerate's big-model inference (`device_map`, `max_memory`,
+layers offloaded to disk), or split by transformers' tensor-parallel plan over the ranks of a
+`torchrun` launch. The engine moves only token ids between the two models, so each may live
+anywhere; `placement()` says where they are. The pair also keeps each model's long-lived
 runners (`runner`; bild/forward.py: caches, static buffers, captured graphs), so they are built
 once per process and reused by every generation.
 """
@@ -21,8 +25,10 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from pydantic import BaseModel
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -122,16 +128,67 @@ def load_config(name: str) -> PretrainedConfig:
                         f"{where} (check the id and your network, or pass a local directory)") from e
 
 
-def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype) -> PreTrainedModel:
+class Placement(BaseModel):
+    """Where one model's weights go (default: the pair's device)."""
+
+    device: str | None = None  # one device of its own
+    device_map: str | dict[str, Any] | None = None  # auto, balanced, sequential, or module -> device (accelerate)
+    max_memory: dict[str, str] = {}  # device -> budget for a device_map, e.g. {"0": "20GiB", "cpu": "64GiB"}
+    offload_folder: str | None = None  # where layers a device_map puts on "disk" go
+    tensor_parallel: bool = False  # split over the ranks of a torchrun launch (transformers' tp_plan="auto")
+
+
+def placement_kwargs(placement: Placement) -> dict[str, Any]:
+    """`from_pretrained`'s arguments for a placement (none for a single device: the model is moved after)."""
+    if placement.tensor_parallel:
+        from transformers import DistributedConfig
+
+        return {"distributed_config": DistributedConfig(tp_plan="auto")}
+    if placement.device_map is None:
+        return {}
+    kwargs: dict[str, Any] = {"device_map": placement.device_map}
+    if placement.max_memory:
+        kwargs["max_memory"] = {int(k) if k.isdigit() else k: v for k, v in placement.max_memory.items()}
+    if placement.offload_folder:
+        kwargs["offload_folder"] = placement.offload_folder
+    return kwargs
+
+
+def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype,
+               placement: Placement | None = None) -> PreTrainedModel:
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     path, kwargs = source(name)
+    spread = placement_kwargs(placement or Placement())
+    if spread:
+        try:
+            import accelerate  # noqa: F401  (transformers places weights through it)
+        except ImportError:
+            raise BildError(f"placing {name!r} over devices needs accelerate: pip install "
+                            "'big-little-decoder[multi-device]'") from None
     try:
-        model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs)
-    except Exception as e:  # torn files, shapes that do not match config.json, ...: each has its own type
+        model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs, **spread)
+    except Exception as e:  # torn files, shapes that do not match config.json, a placement that does not fit, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if spread:
+            raise BildError(f"could not place {name!r} as asked ({first}): give more --large-max-memory, an offload "
+                            "folder (--large-offload DIR) or more devices") from None
         raise BildError(f"could not load the weights of {name!r} as a {auto.__name__[4:]} ({first}); the files "
                         "may be incomplete or not match config.json: copy or download the model again") from None
-    return model.to(device).eval().requires_grad_(False)
+    if not spread:
+        model = model.to(device)
+    placed = set((getattr(model, "hf_device_map", None) or {}).values())
+    if placed and placed <= {"disk"}:
+        raise BildError(f"the device map put all of {name!r} on disk, which cannot run a pass: give a device room "
+                        "for its embeddings at least (--large-max-memory cpu=... or 0=...)")
+    return model.eval().requires_grad_(False)
+
+
+def devices_of(model: PreTrainedModel) -> list[str]:
+    """The devices a model's weights are on (several for a device_map; `disk` for offloaded layers)."""
+    placed = getattr(model, "hf_device_map", None)
+    if placed:
+        return sorted({str(torch.device(d)) if isinstance(d, int) else str(d) for d in placed.values()})
+    return [str(model.device)]
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase | None:
@@ -263,6 +320,14 @@ class ModelPair:
                 return value
         return None
 
+    def placement(self) -> dict[str, dict[str, Any]]:
+        """Where each model is: its devices, and how it was spread (one device, a device_map, tensor parallel)."""
+        found = {}
+        for which in ("small", "large"):
+            model = self.model(which)
+            found[which] = {"devices": devices_of(model), "spread": forward.spread_over(model) or "one device"}
+        return found
+
     @classmethod
     def from_pretrained(
         cls,
@@ -270,8 +335,11 @@ class ModelPair:
         large: str,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        small_placement: Placement | None = None,
+        large_placement: Placement | None = None,
     ) -> ModelPair:
-        """Load both models (hub ids or local directories) and check that they fit together."""
+        """Load both models (hub ids or local directories) and check that they fit together. Each model goes to
+        `device` unless its placement says otherwise."""
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         small_config, large_config = load_config(small), load_config(large)
@@ -281,6 +349,8 @@ class ModelPair:
                             "tokenizer.save_pretrained next to the model")
         if tok_small is not None and tok_large is not None:
             check_tokenizers(tok_small, tok_large)
-        small_model = load_model(small, small_config, dev, dt)
-        large_model = load_model(large, large_config, dev, dt)
+        small_dev = resolve_device(small_placement.device) if small_placement and small_placement.device else dev
+        large_dev = resolve_device(large_placement.device) if large_placement and large_placement.device else dev
+        small_model = load_model(small, small_config, small_dev, dt, small_placement)
+        large_model = load_model(large, large_config, large_dev, dt, large_placement)
         return cls(small_model, large_model, tok_large or tok_small, small_name=small, large_name=large)

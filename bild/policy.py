@@ -90,24 +90,16 @@ class Context(NamedTuple):
 
 
 class View:
+    """What every view of a generation carries: its sampler, history, the policy's state and the costs."""
+
+    sampler: Sampler
+    history: History
+    state: Any
+    costs: CostModel
+
     def __init__(self, context: Context) -> None:
         self.context = context
-
-    @property
-    def sampler(self) -> Sampler:
-        return self.context.sampler
-
-    @property
-    def history(self) -> History:
-        return self.context.history
-
-    @property
-    def state(self) -> Any:
-        return self.context.state
-
-    @property
-    def costs(self) -> CostModel:
-        return self.context.costs
+        self.sampler, self.history, self.state, self.costs = context
 
 
 class DraftStep(View):
@@ -204,12 +196,13 @@ class Verification(View):
 
     @cached_property
     def draft_logits(self) -> torch.Tensor:  # [n, V]
-        return torch.stack([s.logits for s in self.steps])
+        """The drafts' logits, on the large model's output device (the small model may live elsewhere)."""
+        return torch.stack([s.logits for s in self.steps]).to(self.large_logits.device)
 
     @cached_property
     def draft_probs(self) -> torch.Tensor:  # [n, V]
-        """The distributions the drafts were drawn from (sampling only)."""
-        return torch.stack([s.sampling_probs for s in self.steps])
+        """The distributions the drafts were drawn from (sampling only), on the large model's output device."""
+        return torch.stack([s.sampling_probs for s in self.steps]).to(self.large_logits.device)
 
     @cached_property
     def large_probs(self) -> torch.Tensor:  # [n + 1, V]

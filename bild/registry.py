@@ -86,14 +86,19 @@ def list_policies() -> dict[str, type[Policy]]:
     return dict(sorted(_REGISTRY.items()))
 
 
-def make_policy(name: str | Policy | type[Policy], params: dict[str, Any] | None = None) -> Policy:
-    """A validated policy from a name, a class or an instance, with `params` set (strings are coerced)."""
+def make_policy(name: str | Policy | type[Policy], params: dict[str, Any] | None = None, **more: Any) -> Policy:
+    """A validated policy from a name, a class or an instance, with parameters set (strings are coerced):
+    `make_policy("bild", {"fallback_threshold": 0.5})` or `make_policy("bild", fallback_threshold=0.5)`."""
+    if params is not None and not isinstance(params, dict):
+        raise BildError(f"make_policy's parameters are a dict or keyword arguments, not {type(params).__name__}: "
+                        "e.g. make_policy('bild', fallback_threshold=0.5)")
+    params = {**(params or {}), **more}
     if isinstance(name, Policy):
-        cls, values, label = type(name), {**name.model_dump(), **(params or {})}, type(name).name or type(name).__name__
+        cls, values, label = type(name), {**name.model_dump(), **params}, type(name).name or type(name).__name__
     elif isinstance(name, type) and issubclass(name, Policy):
-        cls, values, label = name, dict(params or {}), name.name or name.__name__
+        cls, values, label = name, params, name.name or name.__name__
     elif isinstance(name, str):
-        cls, values, label = policy_class(name), dict(params or {}), name
+        cls, values, label = policy_class(name), params, name
     else:
         raise BildError(f"a policy is a registered name, a Policy subclass or an instance, not {type(name).__name__}: "
                         "e.g. make_policy('bild', {'fallback_threshold': 0.5})")
@@ -113,6 +118,28 @@ def describe_errors(error: ValidationError, model: type[BaseModel]) -> str:
         else:
             problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})" if key else err["msg"])
     return "; ".join(problems)
+
+
+# --- where a policy comes from --------------------------------------------------------------------
+
+
+def policy_origin(cls: type[Policy]) -> dict[str, Any]:
+    """Where `cls` comes from, for a result's provenance: the distribution and version behind its entry point,
+    else its module, file and a hash of its source; `{"source": "unknown"}` when neither can be found."""
+    import hashlib
+    import inspect
+
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value == target and ep.dist is not None:
+            return {"source": "entry point", "name": ep.name, "distribution": ep.dist.metadata["Name"],
+                    "version": ep.dist.version, "object": target}
+    try:
+        code = inspect.getsource(cls)
+    except (OSError, TypeError):  # defined in a notebook cell or with exec
+        return {"source": "unknown", "object": target}
+    return {"source": "module", "object": target, "file": inspect.getsourcefile(cls),
+            "source_sha256": hashlib.sha256(code.encode()).hexdigest()[:16]}
 
 
 # --- parameters ----------------------------------------------------------------------------------

@@ -47,8 +47,9 @@ class Sampler:
         if self.greedy:
             return int(logits.argmax())
         probs = self.distribution(logits) if probs is None else probs
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+        # one generator for both models, wherever each lives: draw on its device
+        return int(torch.multinomial(probs.to(self.generator.device), 1, generator=self.generator))
 
     def uniform(self, n: int, device: torch.device) -> torch.Tensor:
-        """`n` uniform draws in [0, 1) from the seeded generator (for acceptance tests). # [n]"""
-        return torch.rand(n, generator=self.generator, device=device)
+        """`n` uniform draws in [0, 1) from the seeded generator, on `device` (for acceptance tests). # [n]"""
+        return torch.rand(n, generator=self.generator, device=self.generator.device).to(device)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +43,6 @@ class Round:
 
     risk: float = 0.0  # sum of −log max probability over the pending drafts
     previous_prob: float = 1.0  # the max probability of the previous draft step (1 at the start)
-    pending: list[float] = field(default_factory=list)  # features of the pending drafts, for traces
 
     def add(self, step: DraftStep, kept: bool) -> None:
         self.previous_prob = step.max_prob

@@ -29,6 +29,18 @@ HELDOUT = SHARED / "data" / "pycode_stdlib_heldout.jsonl"
 PROMPTS = ["def add(", "for i in", "the quick", "class Point:\n", "import os\n", "x", "self.x = x", " "]
 
 
+def cheap_costs(folder: Path) -> str:
+    """A cost model file where a draft costs a twentieth of a verification and a verification the same whatever
+    its length: on it a tiny pair's trials that draft beat the large model alone, so a study's front is not
+    empty (a calibrated tiny pair's drafts are dear, and its small model is unsure)."""
+    from bild.costs import CostModel, PassCosts
+
+    path = Path(folder) / "cheap-costs.json"
+    CostModel(small=PassCosts(passes=[0.6, 0.6], prefill=(0.6, 0.01)),
+              large=PassCosts(passes=[12.0] * 16, prefill=(12.0, 0.1))).save(path)
+    return str(path)
+
+
 def one_error(stderr: str) -> str:
     """The one error line of a failed command (progress lines of its own, `bild <command>: ...`, may precede it;
     no traceback, no second error)."""

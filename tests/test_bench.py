@@ -141,7 +141,7 @@ def test_bad_input(tmp_path, load_pair, examples):
         load_examples()
     with pytest.raises(BildError, match="did you mean 'pycode'"):
         load_examples(task="pycod")
-    with pytest.raises(BildError, match="--task pycode"):
+    with pytest.raises(BildError, match="offline, give --data-dir"):
         load_examples(task="xsum", n=2)
     with pytest.raises(BildError, match=r"unknown method 'larg'.*did you mean 'large'"):
         parse_methods("larg,exact", {})

@@ -22,7 +22,7 @@ from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
 from bild.stats import ModelStats
 
-from conftest import PROMPTS
+from conftest import PROMPTS, cheap_costs
 from tiny import build_pair
 
 CFG = GenerationConfig(max_new_tokens=12)
@@ -156,9 +156,10 @@ def test_modelled_studies_are_reproducible_and_resume_anywhere(load_pair, fixed_
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 8
 
 
-def test_the_best_trials_are_confirmed_on_the_clock(load_pair, fixed_costs, tmp_path):
+def test_the_best_trials_are_confirmed_on_the_clock(load_pair, tmp_path):
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:3])]
-    report = run_tune(tune_options(tmp_path, "c", fixed_costs, trials=4, confirm=2), load_pair("llama", 1), examples,
+    report = run_tune(tune_options(tmp_path, "c", cheap_costs(tmp_path), trials=4, confirm=2,
+                                   space={"fallback_threshold": "0:0.05"}), load_pair("llama", 1), examples,
                       WandbLogger("disabled"), {})
     confirmed = [r for r in report["front"] if r["measured_speedup"] is not None]
     assert 1 <= len(confirmed) <= 2 and all(r["measured_speedup"] > 0 for r in confirmed)

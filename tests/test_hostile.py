@@ -256,3 +256,60 @@ def test_random_generations_never_crash_and_exact_is_large_greedy(load_pair):
         if name == "exact" and config.temperature == 0 and not config.stop_strings:
             assert result.token_ids == generate_single(pair, prompt, "large", config).token_ids, (i, params, config)
     assert json.dumps(result.model_dump())  # results serialise
+
+
+class BrokenHooks(Policy):
+    """A policy whose `where` hook breaks: raises, or (stop_drafting) returns a number."""
+
+    where: str = "after_draft"
+
+    def fallback(self, step):
+        return False
+
+    def stop_drafting(self, step):
+        return 1 if self.where == "stop_drafting" else False
+
+    def after_draft(self, state, step, fell_back):
+        if self.where == "after_draft":
+            raise ZeroDivisionError("division by zero")
+
+    def before_generation(self, state, prompt_ids):
+        if self.where == "before_generation":
+            raise KeyError("x")
+
+    def after_verification(self, state, verification, outcome):
+        if self.where == "after_verification":
+            raise ValueError("bad")
+
+    def rollback(self, verification):
+        return verification.first_mismatch
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("after_draft", "policy BrokenHooks.after_draft raised ZeroDivisionError: division by zero"),
+    ("before_generation", "policy BrokenHooks.before_generation raised KeyError"),
+    ("after_verification", "policy BrokenHooks.after_verification raised ValueError: bad"),
+    ("stop_drafting", r"policy BrokenHooks.stop_drafting returned 1 \(int\); it must return True or False"),
+])
+def test_a_hook_that_breaks_names_the_policy_and_the_hook(load_pair, where, message):
+    with pytest.raises(BildError, match=message):
+        generate(load_pair("llama", 1), "def add(", BrokenHooks(where=where), GenerationConfig(max_new_tokens=6))
+
+
+def test_compare_reads_reports_of_the_previous_schema(files, capsys):
+    """bild-bench/1 reports held flat statistics and no τ: compare shows them beside today's."""
+    root = files["root"]
+    old = {"setup": {"n": 2, "methods": ["large", "exact"]}, "complete": True, "prompts_done": 2,
+           "methods": {"large": {"tokens_per_s": 50.0, "speedup_vs_large": 1.0, "stats": {
+               "large_calls": 64, "large_calls_per_token": 1.0, "mean_accepted_draft_length": 0.0}},
+               "exact": {"tokens_per_s": 60.0, "speedup_vs_large": 1.2, "exact_match_with_large": 1.0, "stats": {
+                   "small_calls": 80, "large_calls": 26, "large_calls_per_token": 0.41,
+                   "mean_accepted_draft_length": 1.46}}}}
+    (root / "v1.json").write_text(json.dumps(old))
+    new = {**old, "schema": "bild-bench/2", "methods": {"exact": {"tokens_per_s": 61.0, "stats": {
+        "small": {"calls": 80}, "large": {"calls": 26}, "large_calls_per_token": 0.41, "mean_accepted_tokens": 2.46}}}}
+    (root / "v2.json").write_text(json.dumps(new))
+    assert cli(["compare", str(root / "v1.json"), str(root / "v2.json")]) == 0
+    rows = {tuple(line.split()[:2]): line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("v")}
+    assert "2.46" in rows[("v1", "exact")] and "2.46" in rows[("v2", "exact")]  # τ, computed from the old field

@@ -15,6 +15,8 @@ from bild.lab.cli import main as cli
 from bild.lab.experiment import execute_tune
 from bild.lab.options import GenerateOptions, TuneOptions
 
+from conftest import cheap_costs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,7 +59,8 @@ def test_a_front_is_benched_side_by_side_and_compared(setup, capsys):
     tune = ["tune", "--small", setup["small"], "--large", setup["large"], "--prompts", setup["prompts"], "--policy",
             "bild", "--trials", "3", "--study", "front", "--storage", f"sqlite:///{setup['root']}/f.db", "--metric",
             "agreement", "--max-new-tokens", "6", "--wandb-mode", "disabled", "--out-dir", str(setup["root"]),
-            "--confirm", "0", "--sampler-seed", "1"]
+            "--confirm", "0", "--sampler-seed", "1", "--cost-model", cheap_costs(setup["root"]), "--space",
+            "fallback_threshold=0:0.05"]
     assert cli(tune) == 0
     front = json.loads((setup["root"] / "front-front.json").read_text())
     bench = ["bench", "--small", setup["small"], "--large", setup["large"], "--prompts", setup["prompts"],

@@ -18,7 +18,7 @@ from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
 from policies import policy_class, register_policy, unregister_policy
 
-from conftest import PROMPTS, AlwaysFallback
+from conftest import PROMPTS, AlwaysFallback, cheap_costs
 
 CFG = GenerationConfig(max_new_tokens=10)
 OFF = WandbLogger("disabled")
@@ -32,7 +32,8 @@ def examples():
 
 def options(tmp_path, **kw) -> TuneOptions:
     return TuneOptions(**{"policy": "bild", "trials": 4, "study": "s", "storage": f"sqlite:///{tmp_path}/t.db",
-                          "sampler_seed": 0, "generation": CFG, "out_dir": str(tmp_path), "confirm": 0, **kw})
+                          "sampler_seed": 0, "generation": CFG, "out_dir": str(tmp_path), "confirm": 0,
+                          "cost_model": cheap_costs(tmp_path), **kw})
 
 
 def test_search_space_comes_from_the_policy_bounds():
@@ -74,7 +75,8 @@ def test_open_bounds_are_excluded_from_the_space():
 
 def test_pareto_search_writes_its_front_and_resumes(load_pair, examples, tmp_path):
     pair = load_pair("llama", 1)
-    report = run_tune(options(tmp_path), pair, examples, OFF, SETUP)
+    drafting = {"fallback_threshold": "0:0.05"}  # this tiny small model is unsure: above 0.05 it falls back
+    report = run_tune(options(tmp_path, space=drafting), pair, examples, OFF, SETUP)
     assert report["finished_trials"] == 4 and report["front"]
     assert all({"speedup", "chrf", "fallback_threshold"} <= set(r) for r in report["front"])
     assert json.loads((tmp_path / "s-front.json").read_text())["study"] == "s"
@@ -89,13 +91,13 @@ def test_pareto_search_writes_its_front_and_resumes(load_pair, examples, tmp_pat
     assert {"fallback_rate", "large_calls_per_token", "acceptance_rate"} <= set(trial.user_attrs["stats"])
 
     # the same command with a larger total resumes: 2 more trials, nothing stored is measured again
-    again = run_tune(options(tmp_path, trials=6), pair, examples, OFF, SETUP)
+    again = run_tune(options(tmp_path, trials=6, space=drafting), pair, examples, OFF, SETUP)
     assert again["finished_trials"] == 6
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/t.db")
     assert {k: study.user_attrs[k] for k in stored} == stored
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
     # and a finished study runs nothing more
-    assert run_tune(options(tmp_path, trials=6), pair, examples, OFF, SETUP)["finished_trials"] == 6
+    assert run_tune(options(tmp_path, trials=6, space=drafting), pair, examples, OFF, SETUP)["finished_trials"] == 6
 
 
 def test_single_objective_with_constraint_and_pruning(load_pair, examples, tmp_path):
@@ -105,8 +107,8 @@ def test_single_objective_with_constraint_and_pruning(load_pair, examples, tmp_p
     study = optuna.load_study(study_name="single", storage=f"sqlite:///{tmp_path}/t.db")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     feasible = [t for t in complete if t.user_attrs["quality_drop"] <= 0.05]
-    assert len(report["front"]) == (1 if feasible else 0)
-    for row in report["front"]:  # the fastest feasible trial
+    assert len(report["front"] + report["dominated"]) == (1 if feasible else 0)
+    for row in report["front"] + report["dominated"]:  # the fastest feasible trial
         assert row["quality_drop"] <= 0.05
         assert row["speedup"] == max(t.user_attrs["speedup"] for t in feasible)
     for t in complete:  # the constraint is known to the sampler
@@ -207,3 +209,23 @@ def test_conditional_parameters_are_sampled_only_where_they_apply(load_pair, exa
         rules.add(t.params["rollback_rule"])
         assert ("rollback_threshold" in t.params) == (t.params["rollback_rule"] == "nll"), t.params
     assert rules <= {"nll", "exact"}  # greedy decoding: `rejection` would be `exact` again
+
+
+def test_the_front_leaves_out_trials_the_large_model_alone_dominates(load_pair, examples, tmp_path):
+    """Falling back on nearly every draft is slower than the large model alone at the same output: such a
+    trial may be Pareto-optimal among trials, never against the baseline every study holds."""
+    space = {"fallback_threshold": "0.0|0.99", "rollback_rule": "nll", "rollback_threshold": "30"}
+    report = run_tune(options(tmp_path, study="dom", trials=2, sampler="grid", metric="agreement", space=space),
+                      load_pair("llama", 1), examples, OFF, SETUP)
+    assert all(r["speedup"] > 1.0 or r["quality_drop"] < 0 for r in report["front"])
+    (slow,) = report["dominated"]
+    assert slow["fallback_threshold"] == 0.99 and slow["speedup"] <= 1.0 and slow["dominated"] is True
+    written = json.loads((tmp_path / "dom-front.json").read_text())
+    assert written["dominated"] == report["dominated"] and any("lose to the large model" in n for n in written["notes"])
+
+
+def test_the_front_shows_only_the_parameters_a_trial_searched(load_pair, examples, tmp_path):
+    report = run_tune(options(tmp_path, study="exact-rule", trials=2, metric="agreement",
+                              space={"rollback_rule": "exact"}), load_pair("llama", 1), examples, OFF, SETUP)
+    rows = report["front"] + report["dominated"]
+    assert rows and all("rollback_threshold" not in r and r["rollback_rule"] == "exact" for r in rows)

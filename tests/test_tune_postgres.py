@@ -18,6 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import cheap_costs
+
 PG = os.environ.get("BILD_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -51,7 +53,8 @@ def worker_args(pair_dirs, tmp_path_factory):
     prompts.write_text("".join(json.dumps({"prompt": p, "reference": "print(i)"}) + "\n"
                                for p in ["def add(", "for i in", "the quick", "import os\n"]))
     return ["tune", "--small", str(small), "--large", str(large), "--prompts", str(prompts), "--policy", "bild",
-            "--max-new-tokens", "24", "--wandb-mode", "disabled", "--study", "shared"]
+            "--max-new-tokens", "24", "--wandb-mode", "disabled", "--study", "shared", "--cost-model",
+            cheap_costs(prompts.parent), "--space", "fallback_threshold=0:0.05"]
 
 
 def start_worker(args: list[str], *extra: str, out_dir) -> subprocess.Popen:
@@ -69,9 +72,8 @@ def finish(proc: subprocess.Popen) -> str:
 def test_two_workers_share_one_study(worker_args, storage, tmp_path):
     # the same seed on both: they must still never evaluate one parameter set twice
     workers = [start_worker(worker_args, "--storage", storage, "--trials", "8", "--sampler-seed", "0",
-                            "--sampler", "random", out_dir=tmp_path) for _ in range(2)]
-    for w in workers:
-        finish(w)
+                            "--sampler", "random", "--confirm", "2", out_dir=tmp_path) for _ in range(2)]
+    outputs = [finish(w) for w in workers]
     study = optuna.load_study(study_name="shared", storage=storage)
     finished = study.get_trials(states=FINISHED)
     assert len(finished) == 8  # the total, not 8 per worker
@@ -81,6 +83,13 @@ def test_two_workers_share_one_study(worker_args, storage, tmp_path):
                for t in study.trials if t.state == TrialState.FAIL)
     assert len({tuple(sorted(t.params.items())) for t in finished}) == 8
     assert {"baseline", "cost_model"} <= set(study.user_attrs)  # one of each, shared by the workers
+    # one confirmation of the front, made by one worker on its clock, read by the other; one front file
+    confirmed = study.user_attrs["confirmation"]
+    front = json.loads((tmp_path / "shared-front.json").read_text())
+    assert front["confirmed_by"] == confirmed["by"]
+    assert {str(r["trial"]): r["measured_speedup"] for r in front["front"] if r["measured_speedup"] is not None} \
+        == confirmed["measured_speedup"]
+    assert outputs[0] == outputs[1]  # both print the same front, measured speedups included
 
 
 def wait_for_a_fresh_trial(url: str, timeout: float = 180) -> None:

@@ -13,6 +13,8 @@ from bild.lab.tasks import Example
 from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
 
+from conftest import cheap_costs
+
 
 def runs(root):
     return sorted((root / "wandb").glob("offline-run-*"))
@@ -34,13 +36,14 @@ def test_bench_logs_one_offline_run(pair_dirs, tmp_path):
     for key in (b"methods", b"max_new_tokens", b"torch", b"tokens_per_s", b"speedup_vs_large"):
         assert key in record, key  # config, machine and summary keys are in the run's log
     samples = tables(run)["samples"]
-    assert samples["columns"] == ["id", "method", "prompt", "text", "reference"]
+    assert samples["columns"] == ["id", "method", "prompt", "text", "reference", "rank"]
     assert len(samples["data"]) == 4 and {row[1] for row in samples["data"]} == {"large", "exact"}
 
 
 def test_tune_logs_a_run_per_trial_and_a_summary(load_pair, tmp_path):
     examples = [Example(id="0", prompt="def add(", reference="a + b"), Example(id="1", prompt="import os\n")]
     options = TuneOptions(policy="bild", trials=2, study="wb", storage=f"sqlite:///{tmp_path}/t.db", sampler_seed=0,
+                          cost_model=cheap_costs(tmp_path), space={"fallback_threshold": "0:0.05"},
                           metric="agreement", generation=GenerationConfig(max_new_tokens=8), out_dir=str(tmp_path),
                           confirm=0)
     logger = WandbLogger("offline", "bild-test", group="wb", directory=tmp_path / "wb")

@@ -8,6 +8,7 @@ makes the distributions peaked, so greedy argmaxes are far from ties.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -53,11 +54,11 @@ def build_tokenizer(vocab_size: int = 258) -> PreTrainedTokenizerFast:
 FAMILIES = ("llama", "qwen2", "gpt2", "t5", "bart")  # qwen2: grouped-query attention
 
 
-def _config(family: str, vocab: int, layers: int):
+def _config(family: str, vocab: int, layers: int, positions: int = 128):
     common = dict(vocab_size=vocab, pad_token_id=PAD, eos_token_id=EOS)
     if family == "llama":
         return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                           num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=positions,
                            initializer_range=0.3, bos_token_id=EOS, **common)
     if family == "qwen2":  # its tokenizer class adds <|endoftext|>; a padded output layer covers it
         common["vocab_size"] = vocab + 8
@@ -90,13 +91,13 @@ MODEL_CLASSES = {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "mistral-
 
 def build_pair(root: Path, family: str = "llama", seed: int = 0, large_layers: int = 3,
                small_layers: int = 1, upper_scale: float = 0.5,
-               tokenizer: PreTrainedTokenizerFast | None = None) -> tuple[Path, Path]:
-    """Save a (small, large) pair under `root`; return the two directories."""
+               tokenizer: PreTrainedTokenizerFast | None = None, positions: int = 128) -> tuple[Path, Path]:
+    """Save a (small, large) pair under `root`; return the two directories (`positions`: Llama's context)."""
     tokenizer = tokenizer or build_tokenizer()
     torch.manual_seed(seed)
     cls = MODEL_CLASSES[family]
-    large = cls(_config(family, len(tokenizer), large_layers)).eval()
-    small = cls(_config(family, len(tokenizer), small_layers)).eval()
+    large = cls(_config(family, len(tokenizer), large_layers, positions)).eval()
+    small = cls(_config(family, len(tokenizer), small_layers, positions)).eval()
     # The small model is the large one truncated: same embeddings and lower layers. The
     # upper layers are damped so they perturb rather than replace the lower layers' output.
     with torch.no_grad():
@@ -111,3 +112,63 @@ def build_pair(root: Path, family: str = "llama", seed: int = 0, large_layers: i
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return paths
+
+
+# --- local copies of the hub tasks, and a chat pair -------------------------------------------------
+
+GERMAN = [("Das Haus ist klein.", "The house is small."), ("Wir gehen nach Hause.", "We are going home.")]
+
+
+def dataset_card(folder: Path, config: str, split: str, path: str) -> None:
+    """The dataset card's `configs` block, as the hub's parquet conversions carry it."""
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n  - split: {split}\n"
+                                      f"    path: {path}\n---\n")
+
+
+def parquet(rows: dict, path: Path) -> None:
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(rows).to_parquet(str(path))
+
+
+def build_task_copies(root: Path) -> Path:
+    """Local copies of every hub task under `root`, laid out as its repository is (or a save_to_disk folder)."""
+    import datasets
+
+    translations = {"translation": [{"de": de, "en": en} for de, en in GERMAN]}
+    parquet(translations, root / "wmt14-de-en" / "de-en" / "test-00000-of-00001.parquet")
+    dataset_card(root / "wmt14-de-en", "de-en", "test", "de-en/test-*")
+    parquet(translations, root / "iwslt2017-de-en" / "iwslt2017-de-en" / "test" / "0000.parquet")  # parquet branch
+    parquet({"article": ["A long article. " * 20, "Another one. " * 20], "highlights": ["Short.", "Brief."],
+             "id": ["a1", "a2"]}, root / "cnn_dailymail" / "3.0.0" / "test-00000-of-00001.parquet")
+    dataset_card(root / "cnn_dailymail", "3.0.0", "test", "3.0.0/test-*")
+    parquet({"document": ["A document about a storm. " * 10], "summary": ["A storm came."], "id": ["x1"]},
+            root / "xsum" / "default" / "test" / "0000.parquet")
+    words = " ".join(f"w{i}" for i in range(80))
+    parquet({"text": ["", " = Heading = \n", words + "\n"]}, root / "wikitext2" / "wikitext-2-raw-v1"
+            / "test-00000-of-00001.parquet")
+    dataset_card(root / "wikitext2", "wikitext-2-raw-v1", "test", "wikitext-2-raw-v1/test-*")
+    gsm = datasets.DatasetDict({"test": datasets.Dataset.from_dict({
+        "question": ["Tom has 3 apples and buys 4. How many?"], "answer": ["3 + 4 = 7\n#### 7"]})})
+    gsm.save_to_disk(str(root / "gsm8k"))  # the other form of a local copy
+    parquet({"prompt": [["Write a haiku.", "Now make it rhyme."], ["What is 2 + 2?", "And 3 + 3?"]],
+             "prompt_id": [11, 12], "category": ["writing", "math"], "reference": [[], ["4", "6"]]},
+            root / "mt-bench" / "data" / "train-00000-of-00001.parquet")
+    (root / "spec-bench").mkdir()
+    (root / "spec-bench" / "question.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
+        {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter, please."]},
+        {"question_id": 161, "category": "translation", "turns": ["Translate German to English: Hallo Welt"]},
+        {"question_id": 241, "category": "math_reasoning", "turns": ["What is 12 * 3?"]}]))
+    return root
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def build_chat_pair(root: Path, seed: int = 5) -> tuple[Path, Path]:
+    """A tiny Llama pair whose tokenizer has a chat template, with room for conversations."""
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return build_pair(root, "llama", seed, positions=1024, tokenizer=tokenizer)

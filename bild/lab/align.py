@@ -440,7 +440,7 @@ def run_align(options: AlignOptions) -> dict[str, Any]:
     from bild.lab.experiment import load_pair
     from bild.lab.tasks import load_examples, load_jsonl
 
-    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
     exclude = load_jsonl(options.exclude) if options.exclude else []
     evaluation = load_jsonl(options.eval) if options.eval else []
     folder = OutputFolder(options.out, "align", [options.prompts, options.exclude, options.eval, options.small,

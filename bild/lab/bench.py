@@ -7,20 +7,24 @@ presents the result: a table, a plot, and a report whose schema docs/bench.md de
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel
 from bild.errors import BildError
+from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
-from bild.lab.measure import Measurement, Method, Results, measure, peak_memory, summarize
+from bild.lab.measure import Measurement, Method, Results, by_category, measure, peak_memory, priced_by, summarize
+from bild.lab.oracle import limit, teacher_forced
 from bild.lab.render import figure, fmt, table
 from bild.lab.report import ReportWriter
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.stats import GenerationStats
 
+log = logging.getLogger("bild")
 SCHEMA = "bild-bench/2"  # 1: flat small_*/large_* statistics, no anchors or fast paths per method
 
 
@@ -49,69 +53,153 @@ def restore(records: list[dict[str, Any]]) -> Results:
     for r in records:
         stats = GenerationStats(**r["stats"]) if r.get("stats") else None
         results.setdefault(r["method"], []).append(Measurement(
-            id=r["id"], method=r["method"], seconds=r["seconds"], tokens=r["token_ids"], text=r["text"], stats=stats))
+            id=r["id"], method=r["method"], seconds=r["seconds"], tokens=r["token_ids"], text=r["text"], stats=stats,
+            rounds=r.get("rounds"), turns=r.get("turns") or [len(r["token_ids"])], teacher=r.get("teacher")))
     return results
+
+
+# --- the limit: an oracle that knows which drafts the large model accepts ---------------------------------
+
+
+def oracle_anchor(methods: list[Method], results: Results, costs: CostModel | None, config: GenerationConfig
+                  ) -> str | None:
+    """The `large` method the oracle follows: the first one the cost model prices (greedy decoding only)."""
+    if costs is None or not config.greedy:
+        return None
+    return next((m.name for m in methods if m.baseline == "large" and priced_by(costs, results[m.name])), None)
+
+
+def teach(pair: ModelPair, anchor: Measurement) -> None:
+    """Teacher-force the small model along the anchor's output, one pass per turn, for the oracle."""
+    anchor.teacher, start = [], 0
+    for ids, count in zip(anchor.prompts, anchor.turns, strict=True):
+        matches, probs = teacher_forced(pair, ids, anchor.tokens[start: start + count])
+        anchor.teacher.append({"matches": matches, "max_prob": probs,
+                               "prompt_tokens": 1 if pair.encoder_decoder else len(ids)})
+        start += count
+
+
+def add_limit(report: dict[str, Any], methods: list[Method], results: Results, costs: CostModel | None,
+              config: GenerationConfig) -> None:
+    """The oracle's summary in `report["oracle"]`, and `efficiency` and `gap` in each lossless method's row."""
+    anchor = oracle_anchor(methods, results, costs, config)
+    if anchor is None:
+        why = ("sampling: the oracle is greedy only" if not config.greedy else
+               "no cost model to price schedules with" if costs is None else
+               "no `large` method ran on the cost model's fast path: add `large` to --methods")
+        report["oracle"] = None
+        report["notes"].append(f"no oracle ({why}); the rest of the bench stands")
+        return
+    lossless = {m.name: (results[m.name], m.config(config).draft_cap()) for m in methods
+                if m.policy is not None and priced_by(costs, results[m.name])
+                and [x.tokens for x in results[m.name]] == [x.tokens for x in results[anchor]]}
+    summary, rows = limit(results[anchor], lossless, config.draft_cap(), costs)
+    report["oracle"] = {"anchor": anchor, **summary}
+    for name, row in rows.items():
+        report["methods"][name].update(efficiency=row["efficiency"], gap=row["gap_share"],
+                                       gap_seconds=row["gap_seconds"],
+                                       per_prompt_efficiency=row["per_prompt_efficiency"])
 
 
 def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
               repeats: int = 1, out: str | None = None, setup: dict[str, Any] | None = None,
               inputs: list[str | None] = (), overwrite: bool = False, progress: bool = True,
               costs: CostModel | None = None, context: dict[str, Any] | None = None,
-              ) -> tuple[dict[str, Any], Results]:
+              chat: ChatMode = "auto", system: str | None = None) -> tuple[dict[str, Any], Results]:
     """Measure every method on every example; return (and write, as it goes) the report and the results.
 
     With a cost model, methods that ran on its fast path also get their modelled speedup over their
-    anchor, and policies read it as `step.costs`.
+    anchor, and policies read it as `step.costs`. `chat`, `system`: how examples become prompts.
     """
     if not examples:
         raise BildError("no prompts to bench: give at least one")
     setup = {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(examples),
-             "repeats": repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples]}
+             "repeats": repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
+             "chat": chat, "system": system}
     writer = ReportWriter(out, setup, inputs, overwrite)
-    machine = machine_info(pair)
-    report: dict[str, Any] = {"schema": SCHEMA, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "machine": machine, "setup": setup, "context": context or {},
-                              "methods": {}, "notes": [], "complete": False, "prompts_done": 0,
-                              "cost_model": costs.model_dump() if costs else None}
+    report = new_report(machine_info(pair), setup, context, costs, pair.placement())
 
-    def record(i: int, results: Results) -> None:
+    def finish_prompt(i: int, results: Results) -> None:
         example = examples[i]
+        anchor = oracle_anchor(methods, results, costs, config)
+        if anchor is not None:
+            teach(pair, results[anchor][i])
         for m in methods:
             x = results[m.name][i]
             writer.sample({"index": i, "id": example.id, "method": m.name, "prompt": example.prompt,
                            "reference": example.reference, "seconds": x.seconds, "text": x.text,
-                           "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None})
-        rows = summarize(methods, results, examples, costs)
-        report.update(methods=rows, prompts_done=i + 1, memory=peak_memory(), notes=notes_for(rows, machine["dtype"]))
+                           "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None,
+                           "rounds": x.rounds, "turns": x.turns, "teacher": x.teacher})
+        fill(report, methods, results, examples, costs, config, i + 1)
         writer.summary(report)
 
     done = restore(writer.done)
     if done:
-        report.update(methods=summarize(methods, done, examples, costs), prompts_done=len(writer.done) // len(methods))
+        fill(report, methods, done, examples, costs, config, len(writer.done) // len(methods))
+        log.info("bild bench: resuming %s: %d of %d prompts were measured before", out, report["prompts_done"],
+                 len(examples))
     writer.summary(report)  # from the start: a run killed during its warm-up still leaves its report
     try:
-        results = measure(pair, examples, methods, config, repeats, done=done, on_prompt=record,
-                          progress=progress, costs=costs)
-        rows = summarize(methods, results, examples, costs)
-        report.update(methods=rows, prompts_done=len(examples), memory=peak_memory(),
-                      notes=notes_for(rows, machine["dtype"]), complete=True)
+        results = measure(pair, examples, methods, config, repeats, done=done, on_prompt=finish_prompt,
+                          progress=progress, costs=costs, chat=chat, system=system)
+        fill(report, methods, results, examples, costs, config, len(examples))
+        report["complete"] = True
         writer.summary(report)
     finally:
         writer.close()
     return report, results
 
 
+def new_report(machine: dict[str, Any], setup: dict[str, Any], context: dict[str, Any] | None,
+               costs: CostModel | None, placement: dict[str, Any]) -> dict[str, Any]:
+    return {"schema": SCHEMA, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine,
+            "placement": placement, "setup": setup, "context": context or {}, "methods": {}, "notes": [],
+            "complete": False, "prompts_done": 0, "cost_model": costs.model_dump() if costs else None}
+
+
+def fill(report: dict[str, Any], methods: list[Method], results: Results, examples: list[Example],
+         costs: CostModel | None, config: GenerationConfig, done: int) -> None:
+    """Everything a report derives from the per-prompt measurements: rows, categories, notes, the limit."""
+    rows = summarize(methods, results, examples, costs)
+    report.update(methods=rows, prompts_done=done, memory=peak_memory(),
+                  notes=notes_for(rows, report["machine"]["dtype"]),
+                  categories=by_category(methods, results, examples, {m: r["anchor"] for m, r in rows.items()}))
+    add_limit(report, methods, results, costs, config)
+
+
+def merge_shards(shards: list[tuple[list[int], dict[str, Any], list[dict[str, Any]]]], methods: list[Method],
+                 examples: list[Example], costs: CostModel | None, config: GenerationConfig,
+                 setup: dict[str, Any]) -> tuple[dict[str, Any], Results]:
+    """One report from the ranks' shards, each (its prompt indices, its report, its sample records), recomputed
+    from the per-prompt records: nothing is averaged of averages."""
+    by_index: dict[int, tuple[int, dict[str, Measurement]]] = {}
+    for rank, (indices, _, records) in enumerate(shards):
+        for r in records:
+            by_index.setdefault(indices[r["index"]], (rank, {}))[1][r["method"]] = restore([r])[r["method"]][0]
+    order = sorted(i for i, (_, found) in by_index.items() if len(found) == len(methods))
+    results: Results = {m.name: [by_index[i][1][m.name] for i in order] for m in methods}
+    first = shards[0][1]
+    report = new_report(first["machine"], setup, first.get("context"), costs, first.get("placement", {}))
+    report["ranks"] = [by_index[i][0] for i in order]
+    report["machines"] = [s[1]["machine"] for s in shards]
+    fill(report, methods, results, [examples[i] for i in order], costs, config, len(order))
+    report["complete"] = len(order) == len(examples) and all(s[1].get("complete") for s in shards)
+    return report, results
+
+
 # --- presentation ------------------------------------------------------------------------------------
 
-HEADERS = ["method", "tok/s", "x large", "modelled", "x large-hf", "chrF", "BLEU", "agree", "exact", "tau",
-           "accept", "calls/tok", "fallback", "rollback"]
+HEADERS = ["method", "tok/s", "x large", "modelled", "eff", "x large-hf", "chrF", "BLEU", "acc", "agree", "exact",
+           "tau", "accept", "calls/tok", "fallback", "rollback"]
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
     st = r["stats"] or {}
     return [name, fmt(r["tokens_per_s"], ".1f"), fmt(r["speedup_vs_large"], ".2f"),
-            fmt(r["modelled_speedup_vs_large"], ".2f"), fmt(r["speedup_vs_large_hf"], ".2f"),
-            fmt(r["chrf"], ".1f"), fmt(r["bleu"], ".1f"), fmt(r["agreement_with_large"], ".3f"),
+            fmt(r["modelled_speedup_vs_large"], ".2f"), fmt(r.get("efficiency"), ".2f"),
+            fmt(r["speedup_vs_large_hf"], ".2f"),
+            fmt(r["chrf"], ".1f"), fmt(r["bleu"], ".1f"), fmt(r.get("accuracy"), ".2f"),
+            fmt(r["agreement_with_large"], ".3f"),
             fmt(r["exact_match_with_large"], ".2f"), fmt(st.get("mean_accepted_tokens"), ".2f"),
             fmt(st.get("acceptance_rate"), ".2f"), fmt(st.get("large_calls_per_token"), ".2f"),
             fmt(st.get("fallback_rate"), ".2f"), fmt(st.get("rollback_rate"), ".2f")]
@@ -124,7 +212,47 @@ def format_table(report: dict[str, Any]) -> str:
     mem = report.get("memory", {})
     tail = [f"peak RSS {mem['peak_rss_mib']:.0f} MiB"] if mem else []
     body = table(HEADERS, [table_row(name, r) for name, r in report["methods"].items()])
-    return "\n".join([head, body, *tail, *(f"note: {n}" for n in report.get("notes", []))])
+    return "\n".join([head, body, *position_lines(report), *category_lines(report), *oracle_lines(report), *tail,
+                      *(f"note: {n}" for n in report.get("notes", []))])
+
+
+def position_lines(report: dict[str, Any]) -> list[str]:
+    """Acceptance by draft position for every speculative method (vLLM's per-position acceptance)."""
+    lines = []
+    for name, r in report["methods"].items():
+        by_position = (r["stats"] or {}).get("acceptance_by_position") or []
+        if by_position:
+            lines.append(f"acceptance by position, {name}: " + " ".join(fmt(a, ".2f") for a in by_position))
+    return lines
+
+
+def category_lines(report: dict[str, Any]) -> list[str]:
+    """Speedup over each method's anchor and tau, per category then overall (Spec-Bench's table)."""
+    categories = report.get("categories")
+    if not categories:
+        return []
+    names = list(categories)
+    rows = [[method, *(f"{fmt(categories[c][method]['speedup_vs_large'], '.2f')}x "
+                       f"({fmt(categories[c][method]['mean_accepted_tokens'], '.2f')})" for c in names)]
+            for method in report["methods"]]
+    return ["by category: speedup over its anchor (tau)", table(["method", *names], rows)]
+
+
+def oracle_lines(report: dict[str, Any]) -> list[str]:
+    """The limit under the table: the oracle, a fixed draft length, the closed form, where each method loses."""
+    o = report.get("oracle")
+    if not o or o.get("modelled_speedup") is None:
+        return []
+    cf, fixed = o["closed_form"], o["best_fixed"]
+    lines = [f"oracle (knows which drafts the large model accepts; cap {o['cap']}): {o['modelled_speedup']:.2f}x "
+             f"modelled; best fixed draft length {fixed['gamma']}: {fixed['modelled_speedup']:.2f}x; closed form "
+             f"(acceptance {cf['alpha']:.2f}, draft cost {cf['ratio']:.2f}): gamma {cf['best_gamma']} "
+             f"{cf['speedup']:.2f}x, bound {fmt(cf['bound'], '.2f')}x"]
+    for name, r in report["methods"].items():
+        if r.get("efficiency") is not None:
+            share = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in r["gap"].items())
+            lines.append(f"  {name}: efficiency {r['efficiency']:.2f} of the oracle; the gap: {share}")
+    return lines
 
 
 def plot(report: dict[str, Any], path: str, title: str) -> None:
@@ -143,3 +271,30 @@ def plot(report: dict[str, Any], path: str, title: str) -> None:
         ax.set_title(f"{title}: quality vs speed", fontsize=9)
 
     figure(path, draw)
+    if report.get("oracle") and report["oracle"].get("modelled_speedup") is not None:
+        figure(oracle_plot_path(path), lambda ax: draw_limit(ax, report), size=(9.0, 3.8))
+
+
+def oracle_plot_path(path: str) -> str:
+    """Where the oracle's figure goes beside the bench's: `bench.png` -> `bench-oracle.png`."""
+    stem, dot, suffix = path.rpartition(".")
+    return f"{stem}-oracle.{suffix}" if dot else f"{path}-oracle"
+
+
+def draw_limit(ax: Any, report: dict[str, Any]) -> None:
+    """Per prompt, each lossless method's efficiency; beside it, acceptance against the small model's confidence."""
+    right = ax.inset_axes([1.15, 0.0, 0.85, 1.0])
+    for name, r in report["methods"].items():
+        if r.get("per_prompt_efficiency"):
+            ax.plot(range(len(r["per_prompt_efficiency"])), r["per_prompt_efficiency"], "o-", ms=3, label=name)
+    ax.axhline(1.0, color="0.5", ls="--", label="oracle")
+    ax.set_xlabel("prompt")
+    ax.set_ylabel("efficiency (modelled speedup / oracle's)")
+    ax.legend(fontsize=7)
+    bins = report["oracle"]["calibration"]
+    right.plot([b["max_prob"] for b in bins], [b["acceptance"] for b in bins], "o-", label="measured")
+    right.plot([0, 1], [0, 1], color="0.5", ls="--", label="calibrated")
+    right.set_xlabel("small model's max probability")
+    right.set_ylabel("P(draft accepted)")
+    right.legend(fontsize=7)
+    right.grid(alpha=0.3)

@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,6 +45,11 @@ def _sync(pair: ModelPair) -> None:
         torch.cuda.synchronize(pair.device)
 
 
+def encoder_input(runner: Runner, ids: list[int]) -> list[int] | None:
+    """What an encoder-decoder's encoder reads before the timed decoder passes (a prompt of the same ids)."""
+    return ids if runner.encoder_decoder else None
+
+
 def time_passes(runners: dict[str, Runner], lengths: dict[str, list[int]], pair: ModelPair, repeats: int,
                 context: int, progress: bool = True) -> dict[str, list[float]]:
     """Median seconds of a pass feeding n tokens after `context` cached ones, per model and n.
@@ -54,7 +60,7 @@ def time_passes(runners: dict[str, Runner], lengths: dict[str, list[int]], pair:
     longest = max(max(n) for n in lengths.values())
     ids = [(7 * i + 3) % pair.vocab_size for i in range(context + longest)]
     for runner in runners.values():
-        runner.start(context + longest + 1)
+        runner.start(context + longest + 1, encoder_input(runner, ids[:context]))
         runner.feed(ids[:context], 1)
     times: dict[tuple[str, int], list[float]] = {(w, n): [] for w in runners for n in lengths[w]}
     for _ in tqdm(range(repeats + 2), desc="calibrating passes", unit="round", disable=not progress, file=sys.stderr,
@@ -76,7 +82,7 @@ def time_prefill(runner: Runner, pair: ModelPair, lengths: list[int], repeats: i
         ids = [(5 * i + 1) % pair.vocab_size for i in range(n)]
         times = []
         for _ in range(repeats + 1):
-            runner.start(n + 2)
+            runner.start(n + 2, encoder_input(runner, ids))
             _sync(pair)
             start = time.perf_counter()
             runner.feed(ids, 1)
@@ -98,7 +104,8 @@ def runners_for(pair: ModelPair, config: GenerationConfig) -> dict[str, Runner]:
 def costs_identity(pair: ModelPair, config: GenerationConfig) -> dict:
     """What a cost model's figures are valid for."""
     fast_path = runners_for(pair, config)["large"].fast_path
-    return {**pair_identity(pair), "fast_path": fast_path, "torch": torch.__version__}
+    return {**pair_identity(pair), "fast_path": fast_path, "placement": pair.placement()["large"]["spread"],
+            "torch": torch.__version__}
 
 
 def read_cost_model(options: RunOptions) -> CostModel | None:
@@ -107,15 +114,18 @@ def read_cost_model(options: RunOptions) -> CostModel | None:
 
 
 def cache_path(identity: dict, cap: int) -> Path:
-    from bild.lab.localpair import cache_dir
+    from bild.lab.paths import cache_dir
 
     key = json.dumps([identity.get(k) for k in COST_KEYS] + [cap, identity.get("torch")])
     return cache_dir() / "costs" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
-def cost_model_for(options: RunOptions, pair: ModelPair, given: CostModel | None = None) -> CostModel:
+def cost_model_for(options: RunOptions, pair: ModelPair, given: CostModel | None = None,
+                   settle: Callable[[CostModel | None], CostModel | None] = lambda found: found) -> CostModel:
     """The cost model a bench or study prices passes with: `given` (the `--cost-model` file, checked against
-    this setup), else the one cached for this setup, calibrated here once if there is none (or if asked)."""
+    this setup), else the one cached for this setup, calibrated here once if there is none (or if asked).
+    `settle` turns this process's cache lookup into the one every process acts on (ranks of a tensor-parallel
+    model must all calibrate, or none: each pass is collective)."""
     identity = costs_identity(pair, options.generation)
     if given is not None:
         differ = cost_mismatch(given.identity, identity)
@@ -128,13 +138,9 @@ def cost_model_for(options: RunOptions, pair: ModelPair, given: CostModel | None
                   file=sys.stderr)
         return given.model_copy(update={"source": f"file {options.cost_model}"})
     path = cache_path(identity, options.generation.draft_cap())
-    if path.exists() and not options.recalibrate:
-        try:
-            cached = CostModel.load(path)
-            if not cost_mismatch(cached.identity, identity):
-                return cached.model_copy(update={"source": f"cache {path}"})
-        except BildError as e:
-            print(f"warning: the cached cost model is unreadable ({e}); calibrating again", file=sys.stderr)
+    cached = settle(None if options.recalibrate else cached_costs(path, identity))
+    if cached is not None:
+        return cached
     print(f"calibrating what each pass costs on {identity['hardware']} ({identity['fast_path']}, {identity['dtype']}); "
           f"once per pair shape and device, cached in {path.parent}", file=sys.stderr, flush=True)
     costs = calibrate(pair, options.generation)
@@ -143,6 +149,18 @@ def cost_model_for(options: RunOptions, pair: ModelPair, given: CostModel | None
     except BildError as e:
         print(f"warning: the cost model could not be cached ({e})", file=sys.stderr)
     return costs.model_copy(update={"source": f"calibrated, cached in {path}"})
+
+
+def cached_costs(path: Path, identity: dict) -> CostModel | None:
+    """The cost model cached at `path` for this setup; None (with one warning if it is unreadable) otherwise."""
+    if not path.exists():
+        return None
+    try:
+        cached = CostModel.load(path)
+    except BildError as e:
+        print(f"warning: the cached cost model is unreadable ({e}); calibrating again", file=sys.stderr)
+        return None
+    return None if cost_mismatch(cached.identity, identity) else cached.model_copy(update={"source": f"cache {path}"})
 
 
 @torch.inference_mode()

@@ -50,7 +50,7 @@ from bild.lab.options import (
 )
 
 FLAGS = {"stop_strings": "stop", "json_out": "json", "json_output": "json", "params": "param"}
-KEY_VALUE = ("params", "space", "set")  # repeatable KEY=VALUE flags
+KEY_VALUE = ("params", "space", "set", "large_max_memory")  # repeatable KEY=VALUE flags
 DEMO_METHODS = ("large,large-hf,small,hf-assisted,exact,exact@verify_below=0,adaptive,bild,"
                 "bild@fallback_threshold=0.3@rollback_threshold=2")
 log = logging.getLogger("bild")
@@ -109,7 +109,7 @@ def options_from(args: argparse.Namespace, model: type[BaseModel]) -> Any:
         target = values
         for part in parents:
             target = target.setdefault(part, {})
-        if name in ("params", "space"):
+        if name in ("params", "space", "large_max_memory"):
             value = parse_pairs(value, f"--{FLAGS.get(name, name)}")
         elif name == "stop_strings":
             value = [unescape(v) for v in value]
@@ -249,7 +249,7 @@ def run_traces(options: TracesOptions) -> None:
     inputs = [options.prompts, options.small, options.large]
     out = check_output(options.out, inputs, TRACES)
     check_output(meta_path(out), inputs, TRACES_META)
-    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
     meta = collect_traces(load_pair(options), examples, options.generation, out, hidden=options.hidden)
     print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {options.out} "
           f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
@@ -358,7 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = options_from(args, command.options)
         command.run(options)
     except BildError as e:
-        print(f"bild: error: {e}", file=sys.stderr)
+        from bild.lab.distributed import RankError
+
+        if not isinstance(e, RankError):  # under torchrun, rank 0 alone says why every rank stops
+            print(f"bild: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a disk, a permission, a path the checks could not foresee: one line, not a traceback
         where = f" ({e.filename})" if e.filename else ""

@@ -33,6 +33,7 @@ class Row(BaseModel):
     speedup_vs_large: float | None = None
     modelled_speedup_vs_large: float | None = None
     chrf: float | None = None
+    efficiency: float | None = None
     agreement_with_large: float | None = None
     exact_match_with_large: float | None = None
     stats: dict[str, Any] | None = None
@@ -55,6 +56,8 @@ class Report(BaseModel):
     complete: bool = True
     prompts_done: int | None = None
     cost_model: dict[str, Any] | None = None
+    oracle: dict[str, Any] | None = None
+    categories: dict[str, Any] | None = None
 
 
 def load_report(path: str) -> Report:
@@ -112,14 +115,15 @@ def labels_for(paths: list[str]) -> list[str]:
 
 
 def compare_table(reports: list[Report], labels: list[str]) -> str:
-    headers = ["report", "method", "tok/s", "x large", "modelled", "chrF", "exact", "calls/tok", "tau", "prompts"]
+    headers = ["report", "method", "tok/s", "x large", "modelled", "eff", "chrF", "exact", "calls/tok", "tau",
+               "prompts"]
     rows = []
     for label, report in zip(labels, reports, strict=True):
         done = report.prompts_done if report.prompts_done is not None else report.setup.get("n")
         whole = f"{done}" if report.complete else f"{done} of {report.setup.get('n', '?')} (partial)"
         for name, r in report.methods.items():
             rows.append([label, name, fmt(r.tokens_per_s, ".1f"), fmt(r.speedup_vs_large, ".2f"),
-                         fmt(r.modelled_speedup_vs_large, ".2f"), fmt(r.chrf, ".1f"),
+                         fmt(r.modelled_speedup_vs_large, ".2f"), fmt(r.efficiency, ".2f"), fmt(r.chrf, ".1f"),
                          fmt(r.exact_match_with_large, ".2f"), fmt(r.stat("large_calls_per_token"), ".2f"),
                          fmt(r.stat("mean_accepted_tokens"), ".2f"), whole])
     return table(headers, rows, left=2)
@@ -129,10 +133,15 @@ def compare(paths: list[str], plot: str | None = None) -> str:
     if len(paths) < 2:
         raise BildError("give at least two bench reports to compare")
     reports, labels = [load_report(p) for p in paths], labels_for(paths)
-    lines = [pricing(reports, labels), compare_table(reports, labels), ""]
+    limits = [f"{label} {r.oracle['modelled_speedup']:.2f}x" for label, r in zip(labels, reports, strict=True)
+              if isinstance(r.oracle, dict) and isinstance(r.oracle.get("modelled_speedup"), (int, float))]
+    lines = [pricing(reports, labels), *([f"oracle (modelled): {', '.join(limits)}"] if limits else []),
+             compare_table(reports, labels), ""]
     partial = [label for label, r in zip(labels, reports, strict=True) if not r.complete]
     if partial:
         lines.insert(1, f"partial reports (interrupted; rerun their bench to finish): {', '.join(partial)}")
+    for label, report in zip(labels, reports, strict=True):
+        lines += category_lines(label, report)
     diff = differences(reports)
     if diff:
         lines.append("setup differences:")
@@ -142,6 +151,21 @@ def compare(paths: list[str], plot: str | None = None) -> str:
     if plot:
         draw(reports, labels, plot)
     return "\n".join(lines)
+
+
+def category_lines(label: str, report: Report) -> list[str]:
+    """A report's speedup (tau) per category, Spec-Bench style, when its prompts had categories."""
+    if not isinstance(report.categories, dict) or not report.categories:
+        return []
+    names = list(report.categories)
+    methods = list(next(iter(report.categories.values())))
+
+    def cell(category: str, method: str) -> str:
+        r = report.categories[category].get(method) or {}
+        return f"{fmt(r.get('speedup_vs_large'), '.2f')}x ({fmt(r.get('mean_accepted_tokens'), '.2f')})"
+
+    return [f"{label} by category: speedup (tau)", table(["method", *names], [[m, *(cell(c, m) for c in names)]
+                                                                               for m in methods]), ""]
 
 
 def draw(reports: list[Report], labels: list[str], path: str) -> None:

@@ -13,7 +13,6 @@ go to the report, the study and W&B.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from bild.errors import BildError, unknown_name
+from bild.files import write_atomic
+from bild.lab.distributed import agree, fail, local_rank, settle, shard, shard_path, share, start, world
 from bild.lab.options import BenchOptions, Experiment, Options, RunOptions, TuneOptions
 from bild.lab.render import PLOT_SUFFIXES
 
@@ -106,12 +107,12 @@ def git_commit() -> str | None:
 def identity(options: Options, pair: Any, examples: list[Any] | None = None) -> dict[str, Any]:
     """What results depend on: the models and prompts by content, the generation settings, the dtype."""
     from bild.lab.identity import pair_identity
+    from bild.lab.tasks import prompt_hash
 
     found = {k: v for k, v in pair_identity(pair).items() if k not in ("small", "large", "device", "hardware")}
     found["generation"] = options.generation.model_dump()
     if examples is not None:
-        digest = hashlib.sha256(json.dumps([[e.id, e.prompt, e.reference] for e in examples]).encode())
-        found |= {"prompts_hash": digest.hexdigest()[:16], "n": len(examples)}
+        found |= {"prompts_hash": prompt_hash(examples), "n": len(examples)}
     return found
 
 
@@ -142,24 +143,56 @@ def quiet_transformers() -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
+def placements(options: Options) -> tuple[Any, Any]:
+    """The small and large models' placements from the options, checked (before any model loads)."""
+    from bild.pair import Placement
+
+    device_map: Any = options.large_device_map
+    if device_map is not None and device_map not in ("auto", "balanced", "sequential", "balanced_low_0"):
+        path = Path(device_map)
+        try:
+            device_map = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise BildError(f"--large-device-map {str(path)!r}: no such file; give auto, balanced, sequential or a "
+                            "JSON file mapping modules to devices") from None
+        except (OSError, ValueError) as e:
+            raise BildError(f"--large-device-map {str(path)!r} is not a JSON object ({type(e).__name__})") from None
+        if not isinstance(device_map, dict):
+            raise BildError(f"--large-device-map {str(path)!r} must map module names to devices")
+    if options.large_tp is not None:
+        _, size = world()
+        if size != options.large_tp:
+            raise BildError(f"--large-tp {options.large_tp} splits the large model over {options.large_tp} ranks: "
+                            f"launch with torchrun --nproc-per-node {options.large_tp} (this is {size} process)")
+        if device_map is not None:
+            raise BildError("give --large-tp or --large-device-map, not both")
+    if (options.large_max_memory or options.large_offload) and device_map is None:
+        raise BildError("--large-max-memory and --large-offload go with --large-device-map (e.g. auto)")
+    return (Placement(device=options.small_device),
+            Placement(device_map=device_map, max_memory=options.large_max_memory, offload_folder=options.large_offload,
+                      tensor_parallel=options.large_tp is not None))
+
+
 def load_pair(options: Options):
     from bild.lab.presets import resolve_pair
     from bild.pair import ModelPair
 
     small, large = resolve_pair(options.pair, options.small, options.large)
+    small_at, large_at = placements(options)
     if options.threads:
         import torch
 
         torch.set_num_threads(options.threads)
     quiet_transformers()
-    return ModelPair.from_pretrained(small, large, device=options.device, dtype=options.dtype)
+    return ModelPair.from_pretrained(small, large, device=options.device, dtype=options.dtype,
+                                     small_placement=small_at, large_placement=large_at)
 
 
 def prepare(options: RunOptions):
     """The prompts and the pair of a bench or tune, in the order that fails fastest."""
     from bild.lab.tasks import load_examples
 
-    examples = load_examples(options.prompts, options.task, options.n, options.offset)
+    examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
     return examples, load_pair(options)
 
 
@@ -213,23 +246,87 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
             raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
         check_output(options.plot, [*inputs, options.json_out], PLOT)
+    rank, size = world()
+    sharded = size > 1 and options.large_tp is None  # ranks for the prompts (for a model: tensor parallel)
+    if size > 1:
+        start()
+    if sharded:
+        options = across_ranks(options)
     examples, pair = prepare(options)
     methods += front_methods(fronts, pair)
     found = identity(options, pair, examples)
-    costs = cost_model_for(options, pair, given)
-    report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
-                                out=options.json_out, setup={**found, "device": str(pair.device),
-                                                             "threads": options.threads},
-                                inputs=inputs, overwrite=options.overwrite, costs=costs,
-                                context=context(options, pair))
+    setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads}
+    if sharded:
+        agree({**setup, "methods": [m.name for m in methods]}, "the setup")
+        costs = share(cost_model_for(options, pair, given) if rank == 0 else None)
+        report, results = bench_shard(pair, examples, methods, options, setup, inputs, costs)
+        if rank != 0:
+            return report
+    else:  # one process, or the ranks of a tensor-parallel model decoding in lockstep (rank 0 writes)
+        costs = cost_model_for(options, pair, given, share if size > 1 else lambda found: found)
+        report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
+                                    out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
+                                    overwrite=options.overwrite, costs=costs, context=context(options, pair),
+                                    chat=options.chat, system=options.system, progress=rank == 0)
+    if rank != 0:  # tensor parallel: every rank decodes, rank 0 alone reports
+        return report
     print(format_table(report))
     name = run_name("bench", pair, options)
     if options.plot:
         plot(report, options.plot, name)
-    logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"],
+    origins = {m: r["origin"] for m, r in report["methods"].items() if r["origin"]}
+    logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"], "policies": origins,
                                                          "options": options.model_dump()}, report=report,
                                            examples=examples, results=results)
     return report
+
+
+def across_ranks(options: BenchOptions) -> BenchOptions:
+    """A bench under torchrun: refused without a report to merge into; each rank on its own GPU."""
+    import torch
+
+    size = world()[1]
+    if not options.json_out:
+        fail(f"a bench across {size} ranks needs --json OUT: each rank writes its shard beside it and rank 0 the "
+             "merged report")
+    if options.device is None and torch.cuda.is_available():
+        options = options.model_copy(update={"device": f"cuda:{local_rank()}"})
+    return options
+
+
+def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: BenchOptions, setup: dict[str, Any],
+                inputs: list[Any], costs: Any) -> tuple[dict[str, Any], Any]:
+    """This rank's shard, benched and written as a report of its own; on rank 0, every shard merged."""
+    from bild.lab.bench import merge_shards, run_bench
+    from bild.lab.report import samples_path
+
+    rank, size = world()
+    if size > len(examples):
+        fail(f"{size} ranks for {len(examples)} prompts: launch at most {len(examples)} ranks, or bench more prompts")
+    mine = shard(len(examples), rank, size)
+    out = shard_path(options.json_out, rank, size)
+    error, report = None, None
+    try:
+        report, _ = run_bench(pair, [examples[i] for i in mine], methods, options.generation, repeats=options.repeats,
+                              out=str(out), setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
+                              overwrite=options.overwrite, costs=costs, context=context(options, pair),
+                              chat=options.chat, system=options.system, progress=rank == 0)
+    except BildError as e:
+        error = str(e)
+    settle(error)
+    if rank != 0:
+        return report, None
+    shards = []
+    for r in range(size):
+        path = shard_path(options.json_out, r, size)
+        records = [json.loads(line) for line in samples_path(path).read_text().splitlines() if line.strip()]
+        shards.append((shard(len(examples), r, size), json.loads(path.read_text()), records))
+    merged_setup = {**setup, "world_size": size, "methods": [m.name for m in methods], "n": len(examples),
+                    "prompt_ids": [e.id for e in examples]}
+    report, results = merge_shards(shards, methods, examples, costs, options.generation, merged_setup)
+    report["context"] = context(options, pair)
+    write_atomic(Path(options.json_out), json.dumps(report, indent=2) + "\n")
+    return report, results
 
 
 def run_name(kind: str, pair: Any, options: RunOptions) -> str:

@@ -23,7 +23,7 @@ import transformers
 from bild.pair import ModelPair
 
 DISTRIBUTION = "big-little-decoder"  # the package index name ("bild" there is another project)
-COST_KEYS = ("small_shape", "large_shape", "hardware", "dtype", "fast_path")
+COST_KEYS = ("small_shape", "large_shape", "hardware", "dtype", "fast_path", "placement")
 SHAPE_IGNORED = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures")
 
 
@@ -63,11 +63,13 @@ def machine_info(pair: ModelPair) -> dict[str, Any]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """A short content hash: the config and a sample of every weight (cheap even for large models)."""
+    """A short content hash: the config and a sample of every weight (cheap even for large models; a weight split
+    by tensor parallelism is sampled in this rank's shard)."""
     digest = hashlib.sha256(model.config.to_json_string(use_diff=False).encode())
     for name, param in model.state_dict().items():
+        local = param.to_local() if hasattr(param, "to_local") else param
         digest.update(f"{name}{tuple(param.shape)}".encode())
-        digest.update(param.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+        digest.update(local.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -20,7 +20,6 @@ This pair is a demo and a test bed, not a good code model.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bild.errors import BildError
 from bild.lab.corpus import read_texts, stdlib_files
+from bild.lab.paths import cache_dir
 from bild.lab.training import adamw, learning_rate, smooth, update
 
 EOS = "<|endoftext|>"
@@ -68,10 +68,6 @@ PRESETS = {
                   small=ModelShape(layers=2, train_steps=1500),
                   large=ModelShape(layers=12, train_steps=3000), hidden=384, heads=6, mlp=1024, minutes=10),
 }
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("BILD_CACHE", Path.home() / ".cache" / "bild"))
 
 
 BUILD = 3  # bumped when the presets change, so a cached pair of older presets is not reused

@@ -23,6 +23,8 @@ multi-token pass may round differently, so a report gives agreement and where ou
 
 from __future__ import annotations
 
+import functools
+import logging
 import resource
 import statistics
 import sys
@@ -31,20 +33,24 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel
 from bild.engine import encode_prompt, generate, generate_single
 from bild.errors import BildError, unknown_name
-from bild.lab.metrics import exact_match, first_difference, reference_metrics, token_agreement
+from bild.lab.chat import TURN_BREAK, ChatMode, Conversation, check_chat
+from bild.lab.metrics import accuracy, exact_match, first_difference, reference_metrics, token_agreement
 from bild.lab.options import BASELINES, parse_pairs
 from bild.lab.tasks import Example
+from bild.observer import Observer
 from bild.pair import ModelPair
 from bild.policy import Policy
-from bild.registry import describe_errors
+from bild.registry import describe_errors, policy_origin
 from bild.stats import GenerationStats, ModelStats
 from bild.stopping import trim_text
+
+log = logging.getLogger("bild")
 
 # --- methods ---------------------------------------------------------------------------------------
 
@@ -60,8 +66,23 @@ class Method(BaseModel):
     def baseline(self) -> str:
         return self.name.split("@")[0]
 
+    @property
+    def origin(self) -> dict[str, Any] | None:
+        """Where the method's policy comes from (None for a baseline)."""
+        return None if self.policy is None else origin_of(type(self.policy))
+
     def config(self, config: GenerationConfig) -> GenerationConfig:
         return config.model_validate({**config.model_dump(), **self.generation}) if self.generation else config
+
+
+@functools.cache
+def origin_of(cls: type[Policy]) -> dict[str, Any]:
+    """`policy_origin`, looked up once per class; an unknown one is said once."""
+    found = policy_origin(cls)
+    if found["source"] == "unknown":
+        log.warning("bild: where policy %s comes from cannot be found (no entry point, no source file): its results "
+                    "record origin 'unknown'", cls.__name__)
+    return found
 
 
 def parse_methods(text: str, params: dict[str, Any] | None = None) -> list[Method]:
@@ -105,13 +126,40 @@ def parse_methods(text: str, params: dict[str, Any] | None = None) -> list[Metho
     return methods
 
 
-class Output(NamedTuple):
+class Answer(NamedTuple):
+    """A method's answer to one prompt (one turn)."""
+
     tokens: list[int]
     text: str
     stats: GenerationStats | None  # None for transformers' own methods
+    rounds: list[list[int]] | None = None  # a policy's rounds: [drafted, kept, discarded (0/1)], for the oracle's gap
 
 
-Run = Callable[[list[int]], Output]
+class Output(NamedTuple):
+    """A method's answers to every turn of an example, joined: tokens and statistics added up."""
+
+    tokens: list[int]
+    text: str
+    stats: GenerationStats | None
+    rounds: list[list[list[int]]] | None  # per turn
+    prompts: list[list[int]]  # the prompt ids of each turn
+    turns: list[int]  # new tokens of each turn
+
+
+class RoundLog(Observer):
+    """The rounds of a generation, in order (what `bild.lab.oracle.price` replays)."""
+
+    def __init__(self) -> None:
+        self.rounds: list[list[int]] = []
+
+    def before_generation(self, prompt_ids: list[int]) -> None:
+        self.rounds = []
+
+    def after_verification(self, verification: Any, outcome: Any) -> None:
+        self.rounds.append([outcome.drafted, outcome.kept, int(outcome.ended == "fallback")])
+
+
+Run = Callable[[list[int]], Answer]
 
 
 def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, method: str) -> list[int]:
@@ -136,22 +184,35 @@ def method_runner(pair: ModelPair, method: Method, config: GenerationConfig, cos
     policy reads as `step.costs`."""
     config = method.config(config)
     if method.policy is not None:
-        policy, state = method.policy, method.policy.new_state()
+        policy, state, log_ = method.policy, method.policy.new_state(), RoundLog()
 
-        def run(ids: list[int]) -> Output:
-            r = generate(pair, ids, policy, config, state=state, costs=costs)
-            return Output(r.token_ids, r.text, r.stats)
+        def run(ids: list[int]) -> Answer:
+            r = generate(pair, ids, policy, config, state=state, costs=costs, observers=[log_])
+            return Answer(r.token_ids, r.text, r.stats, log_.rounds)
     elif method.baseline in ("large", "small"):
-        def run(ids: list[int]) -> Output:
+        def run(ids: list[int]) -> Answer:
             r = generate_single(pair, ids, method.baseline, config)
-            return Output(r.token_ids, r.text, r.stats)
+            return Answer(r.token_ids, r.text, r.stats)
     else:
-        def run(ids: list[int]) -> Output:
+        def run(ids: list[int]) -> Answer:
             with torch.inference_mode():
                 tokens = hf_generate(pair, ids, config, method.baseline)
-            return Output(tokens, trim_text(pair.tokenizer.decode(tokens, skip_special_tokens=True),
+            return Answer(tokens, trim_text(pair.tokenizer.decode(tokens, skip_special_tokens=True),
                                             config.stop_strings), None)
     return run
+
+
+def converse(run: Run, conversation: Conversation) -> Output:
+    """Every turn of a conversation answered by `run`, each turn's prompt holding the method's own earlier answers."""
+    answers: list[Answer] = []
+    prompts = []
+    for _ in range(conversation.turns):
+        prompts.append(conversation.prompt_ids([a.text for a in answers]))
+        answers.append(run(prompts[-1]))
+    stats = total_stats([a.stats for a in answers]) if answers[0].stats is not None else None
+    rounds = [a.rounds for a in answers] if answers[0].rounds is not None else None
+    return Output([t for a in answers for t in a.tokens], TURN_BREAK.join(a.text for a in answers), stats, rounds,
+                  prompts, [len(a.tokens) for a in answers])
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -166,30 +227,34 @@ class Measurement(BaseModel):
     tokens: list[int]
     text: str
     stats: GenerationStats | None = None
+    rounds: list[list[list[int]]] | None = None  # a policy's rounds per turn, [drafted, kept, discarded]
+    turns: list[int] = []  # new tokens per turn (one turn unless the example is a multi-turn conversation)
     peak_gpu_mib: float | None = None  # GPU memory at its peak during these runs (CUDA only)
+    teacher: list[dict[str, Any]] | None = None  # the oracle's anchor: the small model teacher-forced, per turn
+    prompts: list[list[int]] | None = Field(None, exclude=True)  # each turn's prompt ids, while the bench runs
 
 
-def timed(run: Run, ids: list[int]) -> tuple[float, Output]:
+def timed(run: Run, conversation: Conversation) -> tuple[float, Output]:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = run(ids)
+    out = converse(run, conversation)
     if cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - start, out
 
 
-def measure_prompt(run: Run, example_id: str, method: str, ids: list[int], repeats: int) -> Measurement:
+def measure_prompt(run: Run, example_id: str, method: str, conversation: Conversation, repeats: int) -> Measurement:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, out = [], None
     for _ in range(repeats):
-        seconds, out = timed(run, ids)
+        seconds, out = timed(run, conversation)
         times.append(seconds)
     return Measurement(id=example_id, method=method, seconds=statistics.median(times), tokens=out.tokens,
-                       text=out.text, stats=out.stats,
+                       text=out.text, stats=out.stats, rounds=out.rounds, turns=out.turns, prompts=out.prompts,
                        peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
 
 
@@ -199,9 +264,9 @@ Results = dict[str, list[Measurement]]  # method name -> one measurement per pro
 def measure(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
             repeats: int = 1, done: Results | None = None,
             on_prompt: Callable[[int, Results], None] | None = None, progress: bool = True,
-            costs: CostModel | None = None) -> Results:
+            costs: CostModel | None = None, chat: ChatMode = "auto", system: str | None = None) -> Results:
     """Every method on every example after those in `done`; `on_prompt(i, results so far)` after each prompt.
-    `costs`: the cost model policies read."""
+    `costs`: the cost model policies read; `chat`, `system`: how examples become prompts (bild/lab/chat.py)."""
     from tqdm.auto import tqdm
 
     if repeats < 1:
@@ -210,18 +275,21 @@ def measure(pair: ModelPair, examples: list[Example], methods: list[Method], con
         raise BildError("no prompts to measure: give at least one")
     results: Results = {m.name: list((done or {}).get(m.name, [])) for m in methods}
     start = min(len(r) for r in results.values())
-    prompts = [encode_prompt(pair, e.prompt, config.max_new_tokens) for e in examples]
+    check_chat(pair.tokenizer, chat, pair.large_name)
+    conversations = [Conversation(pair.tokenizer, e, chat, system) for e in examples]
+    firsts = [encode_prompt(pair, c.prompt_ids([]), config.max_new_tokens) for c in conversations]  # each fits
     runs = {m.name: method_runner(pair, m, config, costs) for m in methods}
     if start < len(examples):
-        longest = max(prompts[start:], key=len)
+        longest = max(range(start, len(examples)), key=lambda i: len(firsts[i]))
         for run in runs.values():  # warm-up: allocations, kernels, lazy imports, caches sized for the set
-            run(longest)
+            run(firsts[longest])
     bar = tqdm(total=(len(examples) - start) * len(methods), desc="measuring", unit="run", disable=not progress,
                file=sys.stderr)
     try:
         for i in range(start, len(examples)):
             for m in methods[i % len(methods):] + methods[: i % len(methods)]:
-                results[m.name].append(measure_prompt(runs[m.name], examples[i].id, m.name, prompts[i], repeats))
+                results[m.name].append(measure_prompt(runs[m.name], examples[i].id, m.name, conversations[i],
+                                                      repeats))
                 bar.update()
             if on_prompt is not None:
                 on_prompt(i, results)
@@ -265,6 +333,8 @@ def quality(measurements: list[Measurement], examples: list[Example], anchor: li
     """Reference metrics, and agreement with the anchor (the large model's output) on the prompts done."""
     refs = [e.reference for e in examples[: len(measurements)]]
     q: dict[str, Any] = reference_metrics([m.text for m in measurements], refs)
+    answers = [e.answer for e in examples[: len(measurements)]]
+    q["accuracy"] = accuracy([m.text for m in measurements], answers) if answers and None not in answers else None
     tokens, base = [m.tokens for m in measurements], [m.tokens for m in anchor or []][: len(measurements)]
     q["agreement"] = token_agreement(tokens, base) if anchor else None
     q["exact_match"] = exact_match(tokens, base) if anchor else None
@@ -298,9 +368,10 @@ def anchors(methods: list[Method], results: Results) -> dict[str, str | None]:
 
 
 def priced_by(costs: CostModel | None, measurements: list[Measurement]) -> bool:
-    """Whether `costs` prices these measurements: they ran on the fast path it was calibrated on."""
+    """Whether `costs` prices these measurements: they ran on the fast path it was calibrated on (a cost model
+    that names none prices every path)."""
     model = ran_on(measurements)
-    return costs is not None and model is not None and model.fast_path == costs.identity.get("fast_path")
+    return costs is not None and model is not None and costs.identity.get("fast_path") in (None, model.fast_path)
 
 
 def fast_path_summary(measurements: list[Measurement]) -> dict[str, str] | None:
@@ -333,16 +404,44 @@ def summarize(methods: list[Method], results: Results, examples: list[Example],
             "speedup_vs_large_hf": tps[m.name] / tps["large-hf"] if "large-hf" in tps else None,
             "modelled_speedup_vs_large": speedup(done, results[base][: len(done)], costs)
             if base and priced_by(costs, done) and priced_by(costs, results[base]) else None,
-            "chrf": q["chrf"], "bleu": q["bleu"], "rouge_l": q["rouge_l"],
+            "chrf": q["chrf"], "bleu": q["bleu"], "rouge_l": q["rouge_l"], "accuracy": q["accuracy"],
             "agreement_with_large": q["agreement"], "exact_match_with_large": q["exact_match"],
             "first_difference": q["first_difference"],
-            "params": m.policy.params() if m.policy else None,
+            "params": m.policy.params() if m.policy else None, "origin": m.origin,
             "generation": m.generation or None,
             "fast_paths": fast_path_summary(done),
             "peak_gpu_mib": max((x.peak_gpu_mib for x in done if x.peak_gpu_mib is not None), default=None),
             "stats": policy_stats([x.stats for x in done]) if done and done[0].stats is not None else None,
         }
     return rows
+
+
+def by_category(methods: list[Method], results: Results, examples: list[Example], anchor: dict[str, str | None]
+                ) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """Per category of the examples (Spec-Bench's), then `overall`: each method's speed, speedup over its anchor,
+    tau, acceptance and large calls per token on that category's prompts. None without categories."""
+    done = min(len(r) for r in results.values())
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(examples[:done]):
+        if e.category is not None:
+            groups.setdefault(e.category, []).append(i)
+    if not groups:
+        return None
+    groups["overall"] = list(range(done))
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for category, index in groups.items():
+        rows = {}
+        for m in methods:
+            mine = [results[m.name][i] for i in index]
+            base = anchor[m.name]
+            stats = total_stats([x.stats for x in mine]) if mine[0].stats is not None else None
+            rows[m.name] = {"prompts": len(index), "tokens_per_s": tokens_per_second(mine),
+                            "speedup_vs_large": speedup(mine, [results[base][i] for i in index]) if base else None,
+                            "mean_accepted_tokens": stats.mean_accepted_tokens if stats else None,
+                            "acceptance_rate": stats.acceptance_rate if stats else None,
+                            "large_calls_per_token": stats.large_calls_per_token if stats else None}
+        table[category] = rows
+    return table
 
 
 def peak_memory() -> dict[str, float]:

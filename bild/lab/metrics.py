@@ -7,6 +7,7 @@ large model's output length: a faithful method scores 1.0 and exact match 1.0.
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections.abc import Sequence
 
@@ -50,6 +51,25 @@ def first_difference(outputs: Sequence[Sequence[int]], large: Sequence[Sequence[
         if list(o) != list(g):
             found.append(next((i for i, (a, b) in enumerate(zip(o, g, strict=False)) if a != b), min(len(o), len(g))))
     return statistics.median(found) if found else None
+
+
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> float | None:
+    """The number an answer ends on (after "The answer is" when it says so; commas dropped), or None."""
+    tail = text.rsplit("answer is", 1)[-1]
+    found = NUMBER.findall(tail) or NUMBER.findall(text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def accuracy(hypotheses: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of outputs whose final number equals the answer (GSM8K's exact match on the number)."""
+    hits = 0
+    for text, answer in zip(hypotheses, answers, strict=True):
+        got, want = final_number(text), final_number(answer)
+        hits += got is not None and want is not None and abs(got - want) < 1e-6
+    return hits / len(answers) if answers else 0.0
 
 
 def reference_metrics(hypotheses: Sequence[str], references: Sequence[str | None]) -> dict[str, float | None]:

@@ -41,16 +41,31 @@ class Options(BaseModel):
     small: str | None = Field(None, description="small model: hub id or local directory")
     large: str | None = Field(None, description="large model: hub id or local directory")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
+    small_device: str | None = Field(None, description="a device of the small model's own (default: --device)")
+    large_device_map: str | None = Field(None, description="spread the large model over devices: auto, balanced, "
+                                         "sequential (accelerate), or FILE.json mapping modules to devices")
+    large_max_memory: dict[str, str] = Field({}, description="per-device budget for --large-device-map, DEVICE=SIZE "
+                                             "(0=20GiB, cpu=64GiB)")
+    large_offload: str | None = Field(None, description="folder for layers --large-device-map puts on disk")
+    large_tp: int | None = Field(None, ge=2, description="split the large model over N ranks with transformers' "
+                                 "tensor-parallel plan (under torchrun --nproc-per-node N)")
     dtype: str | None = Field(None, description="float32, bfloat16 or float16 (default: float32 on CPU, bf16 on CUDA)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
 class PromptOptions(BaseModel):
-    prompts: str | None = Field(None, description="JSONL file with 'prompt' and optional 'reference' per line")
-    task: str | None = Field(None, description="built-in prompt set: pycode, or a Hugging Face task (network)")
+    prompts: str | None = Field(None, description="JSONL file: per line a 'prompt', 'messages' or 'turns', optional "
+                                "'reference', 'answer', 'category'")
+    task: str | None = Field(None, description="a named prompt set: pycode (offline), spec-bench, mt-bench, gsm8k, "
+                             "iwslt2017-de-en, wmt14-de-en, cnn_dailymail, xsum, wikitext2")
+    data_dir: str | None = Field(None, description="folder of local task copies (DIR/<task>/), for machines without "
+                                 "network (default: $BILD_DATA_DIR, else the hub)")
     n: int | None = Field(None, ge=1, description="use N prompts (tasks default to 32)")
     offset: int = Field(0, ge=0, description="skip the first K prompts (a held-out slice: --offset K --n N)")
+    chat: Literal["auto", "on", "off"] = Field("auto", description="the tokenizer's chat template: auto (for "
+                                               "conversations, when it has one), on, off (plain text)")
+    system: str | None = Field(None, description="a system message before every conversation (chat only)")
 
 
 class RunOptions(Options, PromptOptions):
@@ -61,7 +76,8 @@ class RunOptions(Options, PromptOptions):
     wandb_mode: WandbMode = Field("offline", description="W&B logging (offline: no account or network; "
                                   "`wandb sync` uploads later)")
     wandb_project: str = Field("bild", description="W&B project")
-    wandb_dir: str | None = Field(None, description="where W&B writes its runs (default: the current directory)")
+    wandb_dir: str | None = Field(None, description="where W&B's `wandb` run folder goes (default: the current "
+                                  "directory); a path ending in `wandb` is that run folder itself")
     _source: str | None = PrivateAttr(None)  # the experiment file these options came from
 
     cost_model: str | None = Field(None, description="cost model JSON from `bild calibrate` (default: the one cached "
@@ -105,10 +121,12 @@ class TuneOptions(RunOptions):
                          "for many workers")
     objectives: list[str] = Field(["speedup", "quality"], description="speedup,quality (Pareto front) or speedup "
                                   "(with --max-quality-drop)")
-    objective: Literal["modelled", "measured"] = Field(
-        "modelled", description="how a trial's speedup is scored: modelled (the cost model: deterministic, shareable "
-        "across machines) or measured (the wall clock)")
-    sampler: Literal["tpe", "nsga2", "random", "grid"] = Field("tpe", description="the Optuna sampler")
+    objective: Literal["modelled", "measured", "efficiency"] = Field(
+        "modelled", description="how a trial's speed is scored: modelled (the cost model: deterministic, shareable "
+        "across machines), measured (the wall clock) or efficiency (modelled, over the oracle's; greedy, for "
+        "lossless policies)")
+    sampler: Literal["tpe", "gp", "nsga2", "random", "grid"] = Field(
+        "tpe", description="the Optuna sampler (gp: a Gaussian process, good for 2-4 thresholds under 100 trials)")
     confirm: int = Field(4, ge=0, description="re-measure this many of the fastest front trials on the clock at the "
                          "end, side by side with the large model")
     metric: Metric = Field("chrf", description="the quality objective")

@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sys
@@ -54,15 +55,19 @@ from bild.lab.measure import (
     tokens_per_second,
 )
 from bild.lab.options import TuneOptions
+from bild.lab.oracle import accepted_runs, oracle, teacher_forced
 from bild.lab.outputs import FRONT, PLOT, check_output
+from bild.lab.render import figure, fmt, table
 from bild.lab.space import SearchSpace
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
 from bild.pair import ModelPair
+from bild.registry import policy_origin
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLES_PER_TRIAL = 4
 SETTLE_SECONDS = 1.0  # how long a worker waits before reading back a value it stored
+CONFIRM_WAIT_HEARTBEATS = 20  # a claim to confirm the front this many heartbeats old is taken over
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -97,6 +102,9 @@ def check_setup(options: TuneOptions, inputs: list[str | None] = ()) -> Path:
     from policies import policy_class
 
     check_objectives(options)
+    if options.objective == "efficiency" and not options.generation.greedy:
+        raise BildError("--objective efficiency needs greedy decoding (the oracle is greedy only): drop --temperature, "
+                        "or use --objective modelled")
     SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
     if not STUDY_NAME.fullmatch(options.study or ""):
         raise BildError(f"study name {options.study!r} must be letters, digits, '.', '_' or '-' (it names files): "
@@ -151,6 +159,8 @@ def make_sampler(options: TuneOptions, space: SearchSpace, seed: int | None) -> 
         return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=None)
     if options.sampler == "nsga2":
         raise BildError("--sampler nsga2 is a multi-objective sampler: use it with --objectives speedup,quality")
+    if options.sampler == "gp":  # a Gaussian process: sample-efficient for a few thresholds and under 100 trials
+        return optuna.samplers.GPSampler(seed=seed)  # reads the quality constraint each trial sets
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
 
 
@@ -202,10 +212,26 @@ class Objective:
 
     def __init__(self, options: TuneOptions, pair: ModelPair, examples: list[Example], space: SearchSpace,
                  study: optuna.Study, costs: CostModel | None, base: list[Measurement], logger: WandbLogger,
-                 setup: dict[str, Any]) -> None:
+                 setup: dict[str, Any], oracle_seconds: list[float] | None = None) -> None:
         self.options, self.pair, self.examples, self.space = options, pair, examples, space
         self.study, self.costs, self.base, self.logger, self.setup = study, costs, base, logger, setup
         self.base_quality = quality(base, examples, base)
+        self.oracle_seconds = oracle_seconds  # per prompt, the oracle's modelled time (greedy, modelled pricing)
+
+    def efficiency(self, done: list[Measurement], start: int = 0) -> float | None:
+        """Modelled speedup over the oracle's on the same prompts (`done` begins at prompt `start`)."""
+        if self.oracle_seconds is None:
+            return None
+        prompts = range(start, start + len(done))
+        oracle_time, base_time = (sum(self.oracle_seconds[i] for i in prompts),
+                                  sum(self.costs.seconds(self.base[i].stats) for i in prompts))
+        return speedup(done, self.base[start: start + len(done)], self.costs) / (base_time / oracle_time)
+
+    def score(self, done: list[Measurement], start: int = 0) -> float:
+        """The speed objective: modelled or measured speedup, or efficiency against the oracle."""
+        if self.options.objective == "efficiency":
+            return self.efficiency(done, start)
+        return speedup(done, self.base[start: start + len(done)], self.costs)
 
     def method(self, params: dict[str, Any]) -> Method:
         from policies import make_policy
@@ -233,7 +259,7 @@ class Objective:
 
         def report_prompt(i: int, results: Results) -> None:
             if single:  # per-prompt speedup: the pruner's steps
-                trial.report(speedup(results[self.options.policy][i: i + 1], self.base[i: i + 1], self.costs), i)
+                trial.report(self.score(results[self.options.policy][i: i + 1], i), i)
                 if trial.should_prune():
                     raise optuna.TrialPruned
 
@@ -255,6 +281,7 @@ class Objective:
         drop = None if pruned else self.base_quality[metric] - value
         stats = policy_stats([m.stats for m in done])
         attrs = {"params": self.method(params).policy.params(), "speedup": speedup(done, base, self.costs),
+                 "efficiency": self.efficiency(done),
                  "measured_speedup": speedup(done, base),
                  "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
                  "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
@@ -269,7 +296,8 @@ class Objective:
             self.logger.log_run(f"trial-{trial.number}:{self.options.policy}", job_type="tune-trial",
                                 config={**self.setup, "trial": trial.number, "params": attrs["params"]},
                                 summary={**attrs, "pruned": pruned}, samples=samples)
-        return attrs["speedup"] if len(self.options.objectives) == 1 else (attrs["speedup"], value)
+        score = self.score(done)
+        return score if len(self.options.objectives) == 1 else (score, value)
 
 
 # --- running -----------------------------------------------------------------------------------------
@@ -325,9 +353,62 @@ def front(study: optuna.Study, options: TuneOptions) -> list[FrozenTrial]:
     return sorted(feasible, key=lambda t: -t.values[0])[:1]
 
 
-def front_rows(trials: list[FrozenTrial], metric: str) -> list[dict[str, Any]]:
-    return [{"trial": t.number, "speedup": t.user_attrs["speedup"], metric: t.user_attrs["quality"][metric],
-             "quality_drop": t.user_attrs.get("quality_drop"), **t.user_attrs["params"]} for t in trials]
+def front_rows(trials: list[FrozenTrial], metric: str, space: SearchSpace | None = None) -> list[dict[str, Any]]:
+    """One row per trial: its scores and the parameters that applied to it (a threshold of a rule the trial
+    did not use is left out: it was never searched there)."""
+    rows = []
+    for t in trials:
+        params = t.user_attrs["params"]
+        used = {k: v for k, v in params.items() if space is None or k not in space.params or space.applies(k, params)}
+        rows.append({"trial": t.number, "speedup": t.user_attrs["speedup"], metric: t.user_attrs["quality"][metric],
+                     "quality_drop": t.user_attrs.get("quality_drop"), **used})
+    return rows
+
+
+def beats_baseline(row: dict[str, Any]) -> bool:
+    """Whether the large model alone, a point of every study (speedup 1, no quality drop), leaves the trial on
+    the front: it does unless the trial is no faster and no better (then the baseline dominates it)."""
+    return row["speedup"] > 1.0 or (row["quality_drop"] or 0.0) < 0.0
+
+
+def final_front(study: optuna.Study, options: TuneOptions, space: SearchSpace | None = None
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(front, dominated): the front's rows that beat the large model alone, and those it dominates."""
+    rows = front_rows(front(study, options), options.metric, space)
+    return [r for r in rows if beats_baseline(r)], [{**r, "dominated": True} for r in rows if not beats_baseline(r)]
+
+
+def confirmation(study: optuna.Study, storage: optuna.storages.BaseStorage, objective: Objective,
+                 rows: list[dict[str, Any]], options: TuneOptions) -> tuple[dict[str, Any], bool]:
+    """The study's one confirmation of its front on the clock, and whether this worker made it.
+
+    The first worker to get here claims it, measures and stores it; the others wait for it and read it,
+    so every worker reports the same measured speedups. A claim older than its wait is taken over (its
+    worker died).
+    """
+    def attrs() -> dict[str, Any]:
+        return optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
+
+    me, patience = f"{socket.gethostname()}:{os.getpid()}", CONFIRM_WAIT_HEARTBEATS * options.heartbeat
+    told = False
+    while "confirmation" not in (found := attrs()):
+        claim = found.get("confirming")
+        if claim is None or time.time() - claim["at"] > patience:
+            study.set_user_attr("confirming", {"by": me, "at": time.time()})
+            time.sleep(SETTLE_SECONDS)
+            claim = attrs()["confirming"]
+        if claim["by"] == me:
+            measured = confirm(objective, rows, options.confirm)
+            value = {"by": me, "machine": machine_info(objective.pair),
+                     "measured_speedup": {str(k): v for k, v in measured.items()}}
+            study.set_user_attr("confirmation", value)
+            return value, True
+        if not told:
+            print(f"study {study.study_name}: {claim['by']} is confirming the front on its clock; waiting for it",
+                  file=sys.stderr, flush=True)
+            told = True
+        time.sleep(min(options.heartbeat, 2))
+    return found["confirmation"], False
 
 
 def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dict[int, float]:
@@ -349,34 +430,45 @@ def format_front(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no finished trial yet"
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [keys] + [[f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in keys]
-                      for r in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+    cells = [[fmt(r.get(k), ".3f") if isinstance(r.get(k), float) else fmt(r.get(k)) for k in keys] for r in rows]
+    return table(keys, cells, left=0)
 
 
-def plot_front(study: optuna.Study, rows: list[dict[str, Any]], metric: str, path: Path,
-               baseline_quality: float | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_front(study: optuna.Study, rows: list[dict[str, Any]], dominated: list[dict[str, Any]], metric: str,
+               path: Path, baseline_quality: float | None, oracle_speedup: float | None = None) -> None:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter([t.user_attrs["speedup"] for t in trials], [t.user_attrs["quality"][metric] for t in trials],
-               s=14, color="0.6", label="trials")
-    ax.plot([r["speedup"] for r in rows], [r[metric] for r in rows], "o-", color="C3", label="Pareto front")
-    if baseline_quality is not None:
-        ax.scatter([1.0], [baseline_quality], marker="*", s=120, color="C0", label="large alone")
-    ax.set_xlabel("speedup vs large alone")
-    ax.set_ylabel(metric)
-    ax.set_title(study.study_name, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+    def draw(ax: Any) -> None:
+        ax.scatter([t.user_attrs["speedup"] for t in trials], [t.user_attrs["quality"][metric] for t in trials],
+                   s=14, color="0.6", label="trials")
+        ax.plot([r["speedup"] for r in rows], [r[metric] for r in rows], "o-", color="C3", label="Pareto front")
+        if dominated:
+            ax.scatter([r["speedup"] for r in dominated], [r[metric] for r in dominated], s=40, facecolors="none",
+                       edgecolors="C3", label="dominated by large alone")
+        if baseline_quality is not None:
+            ax.scatter([1.0], [baseline_quality], marker="*", s=120, color="C0", label="large alone")
+        if oracle_speedup is not None:
+            ax.axvline(oracle_speedup, color="C2", ls="--", label=f"oracle, lossless ({oracle_speedup:.2f}x)")
+        ax.set_xlabel("speedup vs large alone")
+        ax.set_ylabel(metric)
+        ax.set_title(study.study_name, fontsize=9)
+        ax.legend(fontsize=8)
+
+    figure(str(path), draw, size=(6.5, 4.5))
+
+
+def oracle_of(pair: ModelPair, examples: list[Example], base: list[Measurement], options: TuneOptions,
+              costs: CostModel | None) -> list[float] | None:
+    """The oracle's modelled seconds per prompt along the baseline's outputs (greedy decoding, a cost model)."""
+    if costs is None or not options.generation.greedy:
+        return None
+    found = []
+    for example, m in zip(examples, base, strict=True):
+        ids = encode_prompt(pair, example.prompt, options.generation.max_new_tokens)
+        matches, _ = teacher_forced(pair, ids, m.tokens)
+        found.append(oracle(accepted_runs(matches), options.generation.draft_cap(),
+                            1 if pair.encoder_decoder else len(ids), costs)[0])
+    return found
 
 
 def machine_key(pair: ModelPair) -> str:
@@ -403,36 +495,49 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     storage = open_storage(options)
     study = open_study(options, storage, space, setup)
     costs = None
-    if options.objective == "modelled":
+    if options.objective != "measured":
         costs = CostModel(**shared_value(study, storage, "cost_model",
                                          lambda: cost_model_for(options, pair, given).model_dump()))
-    key = "baseline" if options.objective == "modelled" else machine_key(pair)
+    key = "baseline" if options.objective != "measured" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
                                         progress=False)["large"]])]
-    objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})})
+    oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, examples, base, options, costs))
+    objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})},
+                          oracle_seconds)
     run_trials(study, objective, options)
 
-    rows = front_rows(front(study, options), options.metric)
-    measured = confirm(objective, rows, options.confirm)
-    for r in rows:
-        r["measured_speedup"] = measured.get(r["trial"])
+    base_quality = objective.base_quality.get(options.metric)
+    kept, dominated = final_front(study, options, space)
+    confirmed, here = confirmation(study, storage, objective, kept, options) if kept and options.confirm else ({}, True)
+    for r in kept:
+        r["measured_speedup"] = confirmed.get("measured_speedup", {}).get(str(r["trial"]))
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     notes = []
-    if rows and max(r["speedup"] for r in rows) <= 1.0:
+    if not kept:
         notes.append("no trial beats the large model alone: widen the space or check the pair's agreement")
+    if dominated:
+        notes.append(f"{len(dominated)} trial(s) of the Pareto front lose to the large model alone (trials "
+                     f"{', '.join(str(r['trial']) for r in dominated)}): left out of the front, kept under 'dominated'")
+    oracle_speedup = None if oracle_seconds is None else sum(costs.seconds(m.stats) for m in base) / sum(
+        oracle_seconds)
     report = {"study": study.study_name, "storage": options.storage, "policy": options.policy,
+              "oracle_modelled_speedup": oracle_speedup,
+              "policy_origin": policy_origin(policy_class(options.policy)),
               "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
               "finished_trials": finished, "baseline": {"tokens_per_s": tokens_per_second(base),
                                                          "quality": objective.base_quality},
-              "front": rows, "notes": notes, "machine": machine_info(pair), "options": options.model_dump(),
+              "front": kept, "dominated": dominated, "confirmed_by": confirmed.get("by"), "notes": notes,
+              "machine": confirmed.get("machine") or machine_info(pair), "options": options.model_dump(),
               "setup": setup, "cost_model": costs.model_dump() if costs else None}
-    write_atomic(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    if rows:
-        plot_front(study, rows, options.metric, stem.with_suffix(".png"), objective.base_quality.get(options.metric))
-    tables = {"pareto_front": (list(rows[0]), [list(r.values()) for r in rows])} if rows else {}
+    path = stem.with_suffix(".json")
+    if here or not path.exists():  # one worker writes it (others only where it is missing): the same front
+        write_atomic(path, json.dumps(report, indent=2) + "\n")
+        if kept or dominated:
+            plot_front(study, kept, dominated, options.metric, stem.with_suffix(".png"), base_quality, oracle_speedup)
+    tables = {"pareto_front": (list(kept[0]), [list(r.values()) for r in kept])} if kept else {}
     if options.wandb_per == "study":
-        trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric)
+        trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric, space)
         if trials:
             tables["trials"] = (list(trials[0]), [list(r.values()) for r in trials])
     logger.log_run(f"summary:{study.study_name}", job_type="tune-summary", config=objective.setup,
@@ -491,5 +596,9 @@ def read_front(path: str | None = None, study_name: str | None = None,
     setup = study.user_attrs.get("setup", {})
     options = TuneOptions(policy=setup.get("policy", "?"), objectives=setup.get("objectives", ["speedup", "quality"]),
                           metric=setup.get("metric", "chrf"), max_quality_drop=setup.get("max_quality_drop"))
+    kept, _ = final_front(study, options)
+    measured = study.user_attrs.get("confirmation", {}).get("measured_speedup", {})
+    for r in kept:
+        r["measured_speedup"] = measured.get(str(r["trial"]))
     return check_front({"study": study_name, "policy": options.policy, "setup": setup, "metric": options.metric,
-                        "front": front_rows(front(study, options), options.metric)}, f"study {study_name!r}")
+                        "front": kept}, f"study {study_name!r}")

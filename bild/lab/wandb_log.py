@@ -19,12 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bild.files import write_atomic
 from bild.lab.options import WandbMode
 from bild.lab.render import flatten
 
-SAMPLE_COLUMNS = ("id", "method", "prompt", "text", "reference")
-METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "speedup_vs_large_hf", "chrf",
-                  "bleu", "rouge_l", "agreement_with_large", "exact_match_with_large")
+SAMPLE_COLUMNS = ("id", "method", "prompt", "text", "reference", "rank")
+METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "efficiency", "speedup_vs_large_hf",
+                  "chrf", "bleu", "rouge_l", "agreement_with_large", "exact_match_with_large")
 STAT_COLUMNS = ("fallback_rate", "rollback_rate", "acceptance_rate", "large_calls_per_token",
                 "mean_accepted_tokens", "overhead_ms_per_token")
 
@@ -41,6 +42,13 @@ class WandbLogger:
     def enabled(self) -> bool:
         return self.mode != "disabled"
 
+    def root(self) -> str | None:
+        """The folder to give wandb, which writes its runs into `<folder>/wandb/`: `--wandb-dir out/wandb` means
+        the runs go in out/wandb itself (not out/wandb/wandb)."""
+        if self.directory and Path(self.directory).name == "wandb":
+            return str(Path(self.directory).parent)
+        return self.directory
+
     def log_run(self, name: str, config: dict[str, Any], summary: dict[str, Any],
                 samples: Sequence[dict[str, Any]] = (), tables: dict[str, tuple[list[str], list[list]]] | None = None,
                 job_type: str = "bench") -> None:
@@ -50,10 +58,11 @@ class WandbLogger:
         try:
             import wandb
 
-            if self.directory:
-                Path(self.directory).mkdir(parents=True, exist_ok=True)
+            root = self.root()
+            if root:
+                Path(root).mkdir(parents=True, exist_ok=True)
             run = wandb.init(project=self.project, group=self.group, name=name, job_type=job_type,
-                             config=config, mode=self.mode, dir=self.directory, reinit="create_new",
+                             config=config, mode=self.mode, dir=root, reinit="create_new",
                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
             try:
                 run.summary.update({k: v for k, v in flatten(summary, "/").items() if v is not None})
@@ -67,7 +76,7 @@ class WandbLogger:
                     run.log(logged)
                 readable = {"name": name, "group": self.group, "job_type": job_type, "project": self.project,
                             "config": config, "summary": summary}
-                (Path(run.dir) / "bild-run.json").write_text(json.dumps(readable, indent=2, default=str) + "\n")
+                write_atomic(Path(run.dir) / "bild-run.json", json.dumps(readable, indent=2, default=str) + "\n")
             finally:
                 run.finish()
         except Exception as e:  # logging must never take a measurement down
@@ -79,9 +88,17 @@ class WandbLogger:
         """A bench: a row per method (speed, quality, engine statistics) and the samples of every method."""
         rows = [[method, *(r.get(c) for c in METHOD_COLUMNS), *((r["stats"] or {}).get(c) for c in STAT_COLUMNS)]
                 for method, r in report["methods"].items()]
-        samples = [{"id": e.id, "method": method, "prompt": e.prompt, "text": m.text, "reference": e.reference}
-                   for method, done in results.items() for e, m in zip(examples, done, strict=False)]
+        ranks = report.get("ranks") or []  # a bench across ranks: which rank measured each prompt
+        samples = [{"id": m.id, "method": method, "prompt": e.prompt, "text": m.text, "reference": e.reference,
+                    "rank": ranks[i] if ranks else 0}
+                   for method, done in results.items() for i, (e, m) in enumerate(zip(examples, done, strict=False))]
+        tables = {"methods": (["method", *METHOD_COLUMNS, *STAT_COLUMNS], rows)}
+        if report.get("categories"):
+            columns = ["category", "method", "prompts", "speedup_vs_large", "mean_accepted_tokens", "acceptance_rate",
+                       "large_calls_per_token"]
+            tables["categories"] = (columns, [[c, m, *(r.get(k) for k in columns[2:])] for c, methods
+                                              in report["categories"].items() for m, r in methods.items()])
         self.log_run(name, config=config, job_type="bench", samples=samples,
                      summary={"methods": report["methods"], "memory": report.get("memory", {}),
-                              "notes": report.get("notes", [])},
-                     tables={"methods": (["method", *METHOD_COLUMNS, *STAT_COLUMNS], rows)})
+                              "oracle": report.get("oracle") or {}, "notes": report.get("notes", [])},
+                     tables=tables)

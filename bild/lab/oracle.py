@@ -1,0 +1,263 @@
+"""The limit a drafting policy is measured against: an oracle that knows which drafts the large model will accept.
+
+For greedy decoding, along the large model's own output y_1..y_T (what every lossless method
+produces), one teacher-forced pass of the small model tells at every position t whether its
+draft would be accepted, and so the accepted run r_t: how many drafts in a row, from t, the
+large model would keep. A drafting schedule is a sequence of rounds (drafts, then one
+verification); its modelled time is what the engine's passes for those rounds cost under the
+cost model (`price` replays the engine's pass bookkeeping: who feeds how many tokens, prefills
+included, so it equals `CostModel.seconds` of a real run with the same rounds). Then:
+
+- `oracle`: the fastest schedule that never drafts a rejected token, under the cap: dynamic
+  programming over positions, at t drafting j <= min(r_t, cap, T - t) tokens and verifying j + 1
+  (j = 0 costs the small pass a fallback throws away: the engine always drafts before a policy
+  decides). No drafting policy can beat it on the same pair, prompts and cost model.
+- `fixed`: the schedule of a fixed draft length gamma (speculative decoding's classic setting),
+  priced the same way; the best gamma is what a tuned fixed length reaches.
+- `closed_form`: Leviathan et al.'s analytic speedup with the measured acceptance and cost
+  ratio (i.i.d. acceptance, verification costing one large pass), for comparison with the field.
+- `gap`: where a lossless method loses against the oracle, in modelled seconds that add up to
+  the gap exactly: `rejected` (the small passes and longer verifications of drafts the large
+  model refused, and of drafts a fallback threw away), `early_stops` (verifying while the next
+  draft would have been accepted: the method's kept drafts against drafting to the first
+  rejection), `cap` (the method's own draft cap against the bench's, when they differ) and
+  `schedule` (where the oracle splits long runs differently, because a longer verification costs
+  more).
+
+Greedy only: under sampling, acceptance is a draw (min(1, p_large/p_small)) and the oracle would
+be an expectation over schedules, which this module does not claim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from bild.costs import CostModel
+from bild.pair import ModelPair
+from bild.stats import GenerationStats, ModelStats
+
+
+class Round(NamedTuple):
+    """One round of a schedule: `drafted` drafts kept pending, `kept` of them survived, `discarded` whether a
+    fallback threw a further draft away (its small pass was made)."""
+
+    drafted: int
+    kept: int
+    discarded: bool = False
+
+
+@torch.inference_mode()
+def teacher_forced(pair: ModelPair, prompt_ids: list[int], tokens: list[int]) -> tuple[list[bool], list[float]]:
+    """At each position of `tokens` (the large model's output): whether the small model's greedy draft, given
+    the true prefix, is that token; and the small model's max probability there. One pass."""
+    if not tokens:
+        return [], []
+    model, device = pair.small, pair.device
+    if pair.encoder_decoder:
+        start = pair.large.config.decoder_start_token_id
+        logits = model(input_ids=torch.tensor([prompt_ids], device=device),
+                       decoder_input_ids=torch.tensor([[start, *tokens[:-1]]], device=device)).logits[0]  # [T, V]
+    else:
+        ids = torch.tensor([prompt_ids + tokens[:-1]], device=device)  # [1, P + T - 1]
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:]  # [T, V]
+    probs = torch.softmax(logits[:, : pair.vocab_size].float(), dim=-1)  # [T, V]
+    top, arg = probs.max(dim=-1)
+    return (arg == torch.tensor(tokens, device=device)).tolist(), top.tolist()
+
+
+def accepted_runs(matches: Sequence[bool]) -> list[int]:
+    """r_t: how many drafts in a row from position t the large model keeps."""
+    runs, run = [0] * len(matches), 0
+    for t in range(len(matches) - 1, -1, -1):
+        run = run + 1 if matches[t] else 0
+        runs[t] = run
+    return runs
+
+
+def passes(rounds: Sequence[Round], prompt_tokens: int) -> tuple[ModelStats, ModelStats]:
+    """The passes the engine makes for `rounds` after a prompt of `prompt_tokens` (decoder-only; an
+    encoder-decoder's decoder starts from one token): how many tokens each model feeds, pass by pass."""
+    small, large = ModelStats(), ModelStats()
+    length, small_seen, large_seen = prompt_tokens, 0, 0
+
+    def feed(model: ModelStats, seen: int) -> int:
+        fed = length - seen
+        model.calls += 1
+        model.positions += fed
+        if seen == 0:
+            model.prefill += fed
+        else:
+            model.passes[fed] = model.passes.get(fed, 0) + 1
+        return length
+
+    for r in rounds:
+        start = length
+        for _ in range(r.drafted):  # each draft: the small model catches up, then the draft is appended
+            small_seen = feed(small, small_seen)
+            length += 1
+        if r.discarded:
+            small_seen = feed(small, small_seen)
+        large_seen = feed(large, large_seen)  # the verification: its previous token and the drafts
+        length = start + r.kept + 1
+        small_seen, large_seen = min(small_seen, length - 1), min(large_seen, length - 1)
+    return small, large
+
+
+def price(rounds: Sequence[Round], prompt_tokens: int, costs: CostModel) -> float:
+    """Modelled seconds of a schedule: `CostModel.seconds` of the passes the engine would make."""
+    small, large = passes(rounds, prompt_tokens)
+    return costs.seconds(GenerationStats(small=small, large=large))
+
+
+def round_cost(costs: CostModel, first: bool, carried: bool, drafted: int, prompt_tokens: int) -> float:
+    """Modelled seconds of one round that keeps all its `drafted` drafts (a fallback pass when none): the small
+    passes, then one verification. `first`: the generation's first round (both models prefill); `carried`: the
+    previous round kept all its drafts, so the small model's first pass feeds two tokens."""
+    over = costs.overhead_per_pass
+    small_passes = max(drafted, 1)
+    if first:
+        small = costs.small.prefill_seconds(prompt_tokens) + (small_passes - 1) * costs.small.pass_seconds(1)
+        large = costs.large.prefill_seconds(prompt_tokens + drafted)
+    else:
+        small = costs.small.pass_seconds(2 if carried else 1) + (small_passes - 1) * costs.small.pass_seconds(1)
+        large = costs.large.pass_seconds(drafted + 1)
+    return small + large + over * (small_passes + 1)
+
+
+def oracle(runs: Sequence[int], cap: int, prompt_tokens: int, costs: CostModel) -> tuple[float, list[Round]]:
+    """The fastest schedule that drafts only accepted tokens, under `cap`: its modelled seconds and rounds."""
+    total = len(runs)
+    best: dict[tuple[int, bool], tuple[float, int]] = {}  # (position, carried) -> (seconds to the end, drafts)
+    for t in range(total - 1, -1, -1):
+        for carried in (False, True) if t else (False,):
+            options = []
+            for j in range(min(runs[t], cap, total - t) + 1):
+                rest = best[t + j + 1, j > 0][0] if t + j + 1 < total else 0.0
+                options.append((round_cost(costs, t == 0, carried, j, prompt_tokens) + rest, j))
+            best[t, carried] = min(options)
+    rounds, t, carried = [], 0, False
+    while t < total:
+        j = best[t, carried][1]
+        rounds.append(Round(j, j, discarded=j == 0))
+        t, carried = t + j + 1, j > 0
+    return (best[0, False][0] if total else 0.0), rounds
+
+
+def greedy_rounds(runs: Sequence[int], cap: int) -> list[Round]:
+    """Draft to the first rejection (or the cap, or the end): the schedule with no early stop."""
+    rounds, t = [], 0
+    while t < len(runs):
+        j = min(runs[t], cap, len(runs) - t)
+        rounds.append(Round(j, j, discarded=j == 0))
+        t += j + 1
+    return rounds
+
+
+def fixed_rounds(runs: Sequence[int], gamma: int) -> list[Round]:
+    """Always draft `gamma` tokens (fewer at the end), keep them up to the first rejection: speculative
+    decoding's fixed draft length (priced as if no rejected draft were an EOS)."""
+    rounds, t = [], 0
+    while t < len(runs):
+        drafted = min(gamma, len(runs) - t)
+        kept = min(runs[t], drafted)
+        rounds.append(Round(drafted, kept))
+        t += kept + 1
+    return rounds
+
+
+def closed_form(alpha: float, ratio: float, cap: int) -> dict[str, Any]:
+    """Leviathan et al. (2023): with i.i.d. acceptance `alpha` and a draft costing `ratio` of a verification,
+    the speedup of draft length gamma is (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)); drafting exactly
+    to the first rejection is bounded by 1 / (1 - alpha + c alpha)."""
+    if alpha >= 1:
+        return {"alpha": alpha, "ratio": ratio, "best_gamma": cap, "speedup": (cap + 1) / (cap * ratio + 1),
+                "bound": 1 / ratio if ratio else None}
+    speed = {g: (1 - alpha ** (g + 1)) / ((1 - alpha) * (g * ratio + 1)) for g in range(1, cap + 1)}
+    gamma = max(speed, key=speed.get)
+    return {"alpha": alpha, "ratio": ratio, "best_gamma": gamma, "speedup": speed[gamma],
+            "bound": 1 / (1 - alpha + ratio * alpha)}
+
+
+def gap(method: Sequence[Round], runs: Sequence[int], method_cap: int, cap: int, prompt_tokens: int,
+        costs: CostModel) -> dict[str, float]:
+    """A lossless method's modelled seconds over the oracle's, split into causes that add up to it exactly."""
+    steps = [price(method, prompt_tokens, costs),
+             price([Round(r.kept, r.kept, discarded=r.kept == 0) for r in method], prompt_tokens, costs),
+             price(greedy_rounds(runs, method_cap), prompt_tokens, costs),
+             price(greedy_rounds(runs, cap), prompt_tokens, costs),
+             oracle(runs, cap, prompt_tokens, costs)[0]]
+    return {"gap": steps[0] - steps[-1], "rejected": steps[0] - steps[1], "early_stops": steps[1] - steps[2],
+            "cap": steps[2] - steps[3], "schedule": steps[3] - steps[4]}
+
+
+# --- a bench's limit ---------------------------------------------------------------------------------------
+
+CALIBRATION_BINS = 10
+
+
+def calibration(matches: Sequence[bool], max_probs: Sequence[float]) -> list[dict[str, float]]:
+    """How often a draft is accepted, by the small model's max probability (a reliability table)."""
+    bins: list[list[int]] = [[0, 0] for _ in range(CALIBRATION_BINS)]
+    for ok, p in zip(matches, max_probs, strict=True):
+        b = bins[min(int(p * CALIBRATION_BINS), CALIBRATION_BINS - 1)]
+        b[0] += 1
+        b[1] += ok
+    return [{"max_prob": (i + 0.5) / CALIBRATION_BINS, "drafts": n, "acceptance": a / n}
+            for i, (n, a) in enumerate(bins) if n]
+
+
+def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], cap: int, costs: CostModel
+          ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The oracle of a bench, and each lossless method's efficiency and gap against it.
+
+    `anchor`: the `large` method's measurements (with `teacher`: the small model teacher-forced along each
+    turn of each output, and `stats`); `methods`: name -> (measurements with `stats` and `rounds` per turn,
+    the method's draft cap), lossless methods only, on the same prompts. Times are modelled by `costs`;
+    speedups are over `large`.
+    """
+    done = [i for i, m in enumerate(anchor) if m.teacher]
+    large = oracle_time = 0.0
+    fixed = dict.fromkeys(range(1, cap + 1), 0.0)
+    matches: list[bool] = []
+    probs: list[float] = []
+    runs_of: dict[tuple[int, int], list[int]] = {}
+    oracle_of: dict[int, float] = {}
+    for i in done:
+        oracle_of[i] = 0.0
+        for t, teacher in enumerate(anchor[i].teacher):
+            runs_of[i, t] = accepted_runs(teacher["matches"])
+            oracle_of[i] += oracle(runs_of[i, t], cap, teacher["prompt_tokens"], costs)[0]
+            for g in fixed:
+                fixed[g] += price(fixed_rounds(runs_of[i, t], g), teacher["prompt_tokens"], costs)
+            matches += teacher["matches"]
+            probs += teacher["max_prob"]
+        large += costs.seconds(anchor[i].stats)
+        oracle_time += oracle_of[i]
+    gamma = min(fixed, key=fixed.get)
+    alpha = sum(matches) / len(matches) if matches else 0.0
+    summary = {"prompts": len(done), "cap": cap, "modelled_speedup": large / oracle_time if oracle_time else None,
+               "best_fixed": {"gamma": gamma, "modelled_speedup": large / fixed[gamma] if fixed[gamma] else None},
+               "closed_form": closed_form(alpha, costs.ratio, cap), "agreement": alpha,
+               "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / oracle_of[i] for i in done],
+               "calibration": calibration(matches, probs)}
+    rows = {}
+    for name, (measured, method_cap) in methods.items():
+        causes = dict.fromkeys(("gap", "rejected", "early_stops", "cap", "schedule"), 0.0)
+        seconds, per_prompt = 0.0, []
+        for i in done:
+            for t, teacher in enumerate(anchor[i].teacher):
+                rounds = [Round(*r) for r in measured[i].rounds[t]]
+                split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs)
+                for k, v in split.items():
+                    causes[k] += v
+            spent = costs.seconds(measured[i].stats)
+            seconds += spent
+            per_prompt.append(oracle_of[i] / spent)
+        rows[name] = {"efficiency": oracle_time / seconds if seconds else None,
+                      "gap_seconds": causes, "gap_share": {k: v / causes["gap"] if causes["gap"] else 0.0
+                                                           for k, v in causes.items() if k != "gap"},
+                      "per_prompt_efficiency": per_prompt}
+    return summary, rows

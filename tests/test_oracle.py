@@ -1,0 +1,148 @@
+"""The oracle that knows which drafts the large model accepts: its pricing is the engine's own, no policy beats
+it, a policy replaying its schedule reaches it exactly, a fixed draft length is priced as the engine runs it,
+a method's gap splits into causes that add up, and every bench reports it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bild import GenerationConfig, Observer, Policy, generate, generate_single
+from bild.costs import CostModel, PassCosts
+from bild.lab.bench import run_bench
+from bild.lab.measure import parse_methods
+from bild.lab.oracle import (
+    Round,
+    accepted_runs,
+    closed_form,
+    fixed_rounds,
+    gap,
+    oracle,
+    price,
+    teacher_forced,
+)
+from bild.lab.tasks import Example
+from policies import make_policy
+
+from conftest import PROMPTS
+
+# a verification that costs far more past two tokens: the best schedule splits long runs
+COSTS = CostModel(small=PassCosts(passes=[2.0, 2.2], prefill=(3.0, 0.1)),
+                  large=PassCosts(passes=[10.0, 12.5, 13.0, 14.0, 18.0, 22.0, 26.0, 30.0, 34.0, 38.0, 42.0],
+                                  prefill=(12.0, 0.5)), overhead_per_pass=0.1, identity={"fast_path": "off"})
+CFG = GenerationConfig(max_new_tokens=24, max_draft_tokens=10)
+
+
+class Rounds(Observer):
+    def __init__(self):
+        self.rounds = []
+
+    def after_verification(self, verification, outcome):
+        self.rounds.append(Round(outcome.drafted, outcome.kept, outcome.ended == "fallback"))
+
+
+def lossless_policies(rng: random.Random) -> list[Policy]:
+    return [make_policy("exact", verify_below=rng.choice([0.0, 0.2, 0.4, 0.7])), make_policy("adaptive"),
+            make_policy("bild", fallback_threshold=rng.uniform(0, 0.9), rollback_rule="exact"),
+            make_policy("entropy", entropy_threshold=rng.uniform(0.5, 4), rollback_rule="exact")]
+
+
+def limit_of(pair, prompt: str, config: GenerationConfig = CFG):
+    ids = pair.tokenizer(prompt)["input_ids"]
+    large = generate_single(pair, prompt, "large", config)
+    matches, _ = teacher_forced(pair, ids, large.token_ids)
+    return ids, large, accepted_runs(matches)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_schedule_is_priced_as_the_engine_runs_it_and_no_policy_beats_the_oracle(load_pair, family):
+    pair, rng = load_pair(family, 1), random.Random(3)
+    for prompt in PROMPTS[:5]:
+        ids, large, runs = limit_of(pair, prompt)
+        best, schedule = oracle(runs, CFG.draft_cap(), len(ids), COSTS)
+        assert price(schedule, len(ids), COSTS) == pytest.approx(best)
+        for policy in lossless_policies(rng):
+            seen = Rounds()
+            run = generate(pair, prompt, policy, CFG, observers=[seen])
+            assert run.token_ids == large.token_ids
+            assert price(seen.rounds, len(ids), COSTS) == pytest.approx(COSTS.seconds(run.stats))  # the engine's own
+            assert best <= COSTS.seconds(run.stats) + 1e-9, (prompt, policy)  # never beaten
+            split = gap(seen.rounds, runs, CFG.draft_cap(), CFG.draft_cap(), len(ids), COSTS)
+            assert split["gap"] == pytest.approx(COSTS.seconds(run.stats) - best)
+            assert split["gap"] == pytest.approx(sum(v for k, v in split.items() if k != "gap"))  # adds up
+            assert split["rejected"] >= -1e-9 and split["schedule"] >= -1e-9
+
+
+class Replay(Policy):
+    """Drafts exactly the rounds it is given (in its state): fall back where a round drafts none."""
+
+    def fallback(self, step):
+        return step.state["rounds"][step.state["next"]].drafted == 0
+
+    def stop_drafting(self, step):
+        return step.pending + 1 >= step.state["rounds"][step.state["next"]].drafted
+
+    def rollback(self, verification):
+        return verification.first_mismatch
+
+    def after_verification(self, state, verification, outcome):
+        state["next"] += 1
+
+
+def test_a_policy_replaying_the_oracles_schedule_reaches_it_exactly(load_pair):
+    pair = load_pair("llama", 1)
+    for prompt in PROMPTS:
+        ids, large, runs = limit_of(pair, prompt)
+        best, schedule = oracle(runs, CFG.draft_cap(), len(ids), COSTS)
+        run = generate(pair, prompt, Replay(), CFG, state={"rounds": schedule, "next": 0})
+        assert run.token_ids == large.token_ids and run.stats.rolled_back_tokens == 0
+        assert COSTS.seconds(run.stats) == pytest.approx(best)
+
+
+def test_a_fixed_draft_length_is_priced_as_exact_runs_it_at_that_cap(load_pair):
+    pair = load_pair("llama", 1)
+    for gamma in (1, 3, 6):
+        config = CFG.model_copy(update={"max_draft_tokens": gamma})
+        for prompt in PROMPTS[:4]:
+            ids, _, runs = limit_of(pair, prompt, config)
+            run = generate(pair, prompt, make_policy("exact", verify_below=0.0), config)
+            assert COSTS.seconds(run.stats) == pytest.approx(price(fixed_rounds(runs, gamma), len(ids), COSTS))
+
+
+def test_the_closed_form_matches_leviathan():
+    found = closed_form(0.68, 0.2, 10)
+    assert found["best_gamma"] == 3 and found["speedup"] == pytest.approx(1.54, abs=0.01)
+    assert found["bound"] == pytest.approx(2.19, abs=0.01)
+
+
+def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
+    pair = load_pair("llama", 1)
+    examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:4])]
+    lossy = "bild@fallback_threshold=0@rollback_threshold=30"
+    methods = parse_methods(f"large,large-hf,exact,exact@verify_below=0,adaptive,{lossy}")
+    report, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
+    o, rows = report["oracle"], report["methods"]
+    assert o["anchor"] == "large" and o["prompts"] == 4 and len(o["per_prompt_oracle_speedup"]) == 4
+    lossless = [r for r in rows.values() if r["exact_match_with_large"] == 1.0]
+    assert o["modelled_speedup"] >= max(r["modelled_speedup_vs_large"] or 0 for r in lossless) - 1e-9
+    assert o["modelled_speedup"] >= o["best_fixed"]["modelled_speedup"]
+    for name in ("exact", "exact@verify_below=0", "adaptive"):  # lossless: efficiency and a gap that adds up
+        r = rows[name]
+        assert 0 < r["efficiency"] <= 1 + 1e-9
+        assert r["efficiency"] == pytest.approx(r["modelled_speedup_vs_large"] / o["modelled_speedup"])
+        assert sum(r["gap"].values()) == pytest.approx(1.0) or r["gap_seconds"]["gap"] == pytest.approx(0)
+    assert "efficiency" not in rows[lossy] and rows["large-hf"].get("efficiency") is None
+    resumed, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
+    assert resumed["oracle"] == report["oracle"]  # a resumed report recomputes it from its samples
+
+
+def test_without_an_exact_form_or_an_anchor_the_bench_says_so(load_pair):
+    pair = load_pair("llama", 1)
+    examples = [Example(id="0", prompt="def add(")]
+    sampled, _ = run_bench(pair, examples, parse_methods("large,exact"), CFG.model_copy(update={"temperature": 0.7,
+                                                                                               "seed": 1}),
+                           progress=False, costs=COSTS)
+    assert sampled["oracle"] is None and any("the oracle is greedy only" in n for n in sampled["notes"])
+    alone, _ = run_bench(pair, examples, parse_methods("exact"), CFG, progress=False, costs=COSTS)
+    assert alone["oracle"] is None and any("add `large` to --methods" in n for n in alone["notes"])
