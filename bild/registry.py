@@ -22,6 +22,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -125,21 +126,31 @@ def describe_errors(error: ValidationError, model: type[BaseModel]) -> str:
 
 def policy_origin(cls: type[Policy]) -> dict[str, Any]:
     """Where `cls` comes from, for a result's provenance: the distribution and version behind its entry point,
-    else its module, file and a hash of its source; `{"source": "unknown"}` when neither can be found."""
-    import hashlib
+    else its module and file; with a hash of that file (`code`) when it can be read, `{"source": "unknown"}`
+    when neither can be found."""
     import inspect
 
     target = f"{cls.__module__}:{cls.__qualname__}"
+    code = {"code": digest} if (digest := code_hash(cls)) else {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.value == target and ep.dist is not None:
             return {"source": "entry point", "name": ep.name, "distribution": ep.dist.metadata["Name"],
-                    "version": ep.dist.version, "object": target}
-    try:
-        code = inspect.getsource(cls)
-    except (OSError, TypeError):  # defined in a notebook cell or with exec
+                    "version": ep.dist.version, "object": target, **code}
+    if not code:  # defined in a notebook cell or with exec
         return {"source": "unknown", "object": target}
-    return {"source": "module", "object": target, "file": inspect.getsourcefile(cls),
-            "source_sha256": hashlib.sha256(code.encode()).hexdigest()[:16]}
+    return {"source": "module", "object": target, "file": inspect.getsourcefile(cls), **code}
+
+
+def code_hash(cls: type[Policy]) -> str | None:
+    """A hash of the file that defines `cls`: its module-level helpers and constants decide too, and an editable
+    install keeps its version while the code changes. None when there is no such file."""
+    import hashlib
+    import inspect
+
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(cls)).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
 
 
 # --- parameters ----------------------------------------------------------------------------------

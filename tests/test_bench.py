@@ -202,6 +202,27 @@ def test_a_rerun_resumes_and_a_changed_setup_is_refused(load_pair, examples, tmp
     assert report["prompts_done"] == 2 and len(generations) == 3
 
 
+def test_a_rerun_after_a_policy_was_edited_measures_it_again(load_pair, examples, tmp_path, monkeypatch):
+    """A resumed bench must not mix results of two versions of a policy (it once did: its name was the key)."""
+    import importlib
+
+    source = tmp_path / "my_policy.py"
+    source.write_text("from conftest import NeverFallback\n\nclass Mine(NeverFallback):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pair, out = load_pair("llama"), tmp_path / "r.json"
+
+    def methods() -> list[Method]:
+        module = importlib.reload(importlib.import_module("my_policy"))
+        return [*parse_methods("large", {}), Method(name="mine", policy=module.Mine())]
+
+    run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)
+    report, _ = run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)  # unchanged: resumes
+    assert report["complete"]
+    source.write_text(source.read_text() + "\nLIMIT = 3  # a module-level constant decides too\n")
+    with pytest.raises(BildError, match="other code for mine: rerun with --overwrite"):
+        run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)
+
+
 def test_a_second_writer_of_one_report_is_refused(load_pair, examples, tmp_path):
     import subprocess
     import sys

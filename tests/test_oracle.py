@@ -1,6 +1,7 @@
 """The oracle that knows which drafts the large model accepts: its pricing is the engine's own, no policy beats
 it, a policy replaying its schedule reaches it exactly, a fixed draft length is priced as the engine runs it,
-a method's gap splits into causes that add up, and every bench reports it."""
+a method's gap splits into causes that add up, the confidence ideal sits between them, and every bench reports
+it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from bild.lab.oracle import (
     closed_form,
     fixed_rounds,
     gap,
+    ideal_rounds,
     oracle,
     price,
     teacher_forced,
@@ -110,6 +112,18 @@ def test_a_fixed_draft_length_is_priced_as_exact_runs_it_at_that_cap(load_pair):
             assert COSTS.seconds(run.stats) == pytest.approx(price(fixed_rounds(runs, gamma), len(ids), COSTS))
 
 
+def test_the_confidence_ideal_is_the_oracle_when_confidence_is_certain_and_never_beats_it():
+    rng = random.Random(3)
+    for _ in range(20):
+        runs = accepted_runs([rng.random() < 0.7 for _ in range(40)])
+        certain = ideal_rounds(runs, [float(r > 0) for r in runs], 10, 8, COSTS, rate=0.05)
+        assert all(r.kept == r.drafted for r in certain)  # knowing the outcomes, it drafts no rejected token
+        best = oracle(runs, 10, 8, COSTS)[0]
+        assert price(certain, 8, COSTS) >= best - 1e-9
+        unsure = ideal_rounds(runs, [rng.random() for _ in runs], 10, 8, COSTS, rate=0.05)
+        assert sum(r.kept + 1 for r in unsure) >= len(runs) and price(unsure, 8, COSTS) >= best - 1e-9
+
+
 def test_the_closed_form_matches_leviathan():
     found = closed_form(0.68, 0.2, 10)
     assert found["best_gamma"] == 3 and found["speedup"] == pytest.approx(1.54, abs=0.01)
@@ -127,6 +141,8 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     lossless = [r for r in rows.values() if r["exact_match_with_large"] == 1.0]
     assert o["modelled_speedup"] >= max(r["modelled_speedup_vs_large"] or 0 for r in lossless) - 1e-9
     assert o["modelled_speedup"] >= o["best_fixed"]["modelled_speedup"]
+    assert 0 < o["ideal"]["efficiency"] <= 1 + 1e-9
+    assert o["ideal"]["modelled_speedup"] == pytest.approx(o["ideal"]["efficiency"] * o["modelled_speedup"])
     for name in ("exact", "exact@verify_below=0", "adaptive"):  # lossless: efficiency and a gap that adds up
         r = rows[name]
         assert 0 < r["efficiency"] <= 1 + 1e-9

@@ -75,7 +75,7 @@ def test_every_method_records_where_its_policy_comes_from(bench_options, caplog)
         assert rows["exact"]["origin"]["source"] == "entry point"
         assert rows["exact"]["origin"]["distribution"] == "big-little-decoder"
         mine = rows["from-this-file"]["origin"]
-        assert mine["source"] == "module" and mine["file"] == __file__ and len(mine["source_sha256"]) == 16
+        assert mine["source"] == "module" and mine["file"] == __file__ and len(mine["code"]) == 16
         assert rows["nowhere"]["origin"]["source"] == "unknown"
         assert sum("cannot be found" in r.getMessage() for r in caplog.records) == 1  # said once
     finally:

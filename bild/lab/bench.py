@@ -115,7 +115,8 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
         raise BildError("no prompts to bench: give at least one")
     setup = {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(examples),
              "repeats": repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
-             "chat": chat, "system": system}
+             "chat": chat, "system": system,
+             "policy_code": {m.name: m.origin.get("code") for m in methods if m.origin}}  # an edited policy reruns
     writer = ReportWriter(out, setup, inputs, overwrite)
     report = new_report(machine_info(pair), setup, context, costs, pair.placement())
 
@@ -248,6 +249,9 @@ def oracle_lines(report: dict[str, Any]) -> list[str]:
              f"modelled; best fixed draft length {fixed['gamma']}: {fixed['modelled_speedup']:.2f}x; closed form "
              f"(acceptance {cf['alpha']:.2f}, draft cost {cf['ratio']:.2f}): gamma {cf['best_gamma']} "
              f"{cf['speedup']:.2f}x, bound {fmt(cf['bound'], '.2f')}x"]
+    if o.get("ideal"):
+        lines.append(f"confidence ideal (knows each draft's calibrated acceptance probability, not its outcome): "
+                     f"{o['ideal']['modelled_speedup']:.2f}x, {o['ideal']['efficiency']:.2f} of the oracle")
     for name, r in report["methods"].items():
         if r.get("efficiency") is not None:
             share = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in r["gap"].items())
@@ -288,6 +292,8 @@ def draw_limit(ax: Any, report: dict[str, Any]) -> None:
         if r.get("per_prompt_efficiency"):
             ax.plot(range(len(r["per_prompt_efficiency"])), r["per_prompt_efficiency"], "o-", ms=3, label=name)
     ax.axhline(1.0, color="0.5", ls="--", label="oracle")
+    if report["oracle"].get("ideal"):
+        ax.axhline(report["oracle"]["ideal"]["efficiency"], color="0.5", ls=":", label="confidence ideal")
     ax.set_xlabel("prompt")
     ax.set_ylabel("efficiency (modelled speedup / oracle's)")
     ax.legend(fontsize=7)

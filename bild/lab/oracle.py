@@ -14,6 +14,11 @@ included, so it equals `CostModel.seconds` of a real run with the same rounds). 
   decides). No drafting policy can beat it on the same pair, prompts and cost model.
 - `fixed`: the schedule of a fixed draft length gamma (speculative decoding's classic setting),
   priced the same way; the best gamma is what a tuned fixed length reaches.
+- `ideal`: what the small model's confidence allows: a schedule that knows, before drafting, each
+  draft's calibrated acceptance probability (the bench's own acceptance by max probability),
+  but not whether it will be accepted, and drafts the length with the best expected tokens per
+  modelled time. Not a bound (a lucky policy can beat it on one set of prompts), a reference:
+  the oracle over it is what the signal cannot tell; it over a method is what the method leaves.
 - `closed_form`: Leviathan et al.'s analytic speedup with the measured acceptance and cost
   ratio (i.i.d. acceptance, verification costing one large pass), for comparison with the field.
 - `gap`: where a lossless method loses against the oracle, in modelled seconds that add up to
@@ -168,6 +173,45 @@ def fixed_rounds(runs: Sequence[int], gamma: int) -> list[Round]:
     return rounds
 
 
+def ideal_rounds(runs: Sequence[int], survives: Sequence[float], cap: int, prompt_tokens: int, costs: CostModel,
+                 rate: float) -> list[Round]:
+    """At each round, the draft length with the best expected tokens less `rate` times its modelled seconds,
+    knowing each draft's probability `survives` of acceptance; the rounds it then makes on the real outcomes."""
+    rounds, t, carried = [], 0, False
+    while t < len(runs):
+        best, length, tokens, alive = -float("inf"), 0, 1.0, 1.0
+        for j in range(min(cap, len(runs) - t) + 1):
+            if j:
+                alive *= survives[t + j - 1]
+                tokens += alive
+            value = tokens - rate * round_cost(costs, t == 0, carried, j, prompt_tokens)
+            if value > best:
+                best, length = value, j
+        kept = min(runs[t], length)
+        rounds.append(Round(length, kept, discarded=length == 0))
+        t, carried = t + kept + 1, 0 < kept == length
+    return rounds
+
+
+def ideal(turns: Sequence[tuple[list[int], list[float], int]], cap: int, costs: CostModel) -> float:
+    """Modelled seconds of the confidence ideal over `turns` (accepted runs, max probabilities, prompt tokens):
+    acceptance by max probability calibrated on these turns, the rate found by fixed-point iteration."""
+    matches = [r > 0 for runs, _, _ in turns for r in runs]
+    probs = [p for _, ps, _ in turns for p in ps]
+    table = {int(b["max_prob"] * CALIBRATION_BINS): b["acceptance"] for b in calibration(matches, probs)}
+    survives = [[table[calibration_bin(p)] for p in ps] for _, ps, _ in turns]
+    rate, seconds = 0.0, 0.0
+    for _ in range(IDEAL_ITERATIONS):  # Dinkelbach: the schedule best at rate R, then R of that schedule
+        schedules = [ideal_rounds(runs, q, cap, prompt, costs, rate)
+                     for (runs, _, prompt), q in zip(turns, survives, strict=True)]
+        seconds = sum(price(rounds, prompt, costs) for rounds, (_, _, prompt) in zip(schedules, turns, strict=True))
+        tokens = sum(len(runs) for runs, _, _ in turns)
+        if seconds and abs(tokens / seconds - rate) <= 1e-9 * rate:
+            break
+        rate = tokens / seconds if seconds else 0.0
+    return seconds
+
+
 def closed_form(alpha: float, ratio: float, cap: int) -> dict[str, Any]:
     """Leviathan et al. (2023): with i.i.d. acceptance `alpha` and a draft costing `ratio` of a verification,
     the speedup of draft length gamma is (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)); drafting exactly
@@ -196,13 +240,18 @@ def gap(method: Sequence[Round], runs: Sequence[int], method_cap: int, cap: int,
 # --- a bench's limit ---------------------------------------------------------------------------------------
 
 CALIBRATION_BINS = 10
+IDEAL_ITERATIONS = 8  # the ideal's rate settles in 3-4 on the pairs we tried
+
+
+def calibration_bin(max_prob: float) -> int:
+    return min(int(max_prob * CALIBRATION_BINS), CALIBRATION_BINS - 1)
 
 
 def calibration(matches: Sequence[bool], max_probs: Sequence[float]) -> list[dict[str, float]]:
     """How often a draft is accepted, by the small model's max probability (a reliability table)."""
     bins: list[list[int]] = [[0, 0] for _ in range(CALIBRATION_BINS)]
     for ok, p in zip(matches, max_probs, strict=True):
-        b = bins[min(int(p * CALIBRATION_BINS), CALIBRATION_BINS - 1)]
+        b = bins[calibration_bin(p)]
         b[0] += 1
         b[1] += ok
     return [{"max_prob": (i + 0.5) / CALIBRATION_BINS, "drafts": n, "acceptance": a / n}
@@ -224,6 +273,7 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], 
     matches: list[bool] = []
     probs: list[float] = []
     runs_of: dict[tuple[int, int], list[int]] = {}
+    turns: list[tuple[list[int], list[float], int]] = []
     oracle_of: dict[int, float] = {}
     for i in done:
         oracle_of[i] = 0.0
@@ -234,12 +284,15 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], 
                 fixed[g] += price(fixed_rounds(runs_of[i, t], g), teacher["prompt_tokens"], costs)
             matches += teacher["matches"]
             probs += teacher["max_prob"]
+            turns.append((runs_of[i, t], teacher["max_prob"], teacher["prompt_tokens"]))
         large += costs.seconds(anchor[i].stats)
         oracle_time += oracle_of[i]
     gamma = min(fixed, key=fixed.get)
     alpha = sum(matches) / len(matches) if matches else 0.0
     summary = {"prompts": len(done), "cap": cap, "modelled_speedup": large / oracle_time if oracle_time else None,
                "best_fixed": {"gamma": gamma, "modelled_speedup": large / fixed[gamma] if fixed[gamma] else None},
+               "ideal": ({"modelled_speedup": large / ideal_time, "efficiency": oracle_time / ideal_time}
+                         if (ideal_time := ideal(turns, cap, costs)) else None),
                "closed_form": closed_form(alpha, costs.ratio, cap), "agreement": alpha,
                "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / oracle_of[i] for i in done],
                "calibration": calibration(matches, probs)}

@@ -100,6 +100,10 @@ class ReportWriter:
             raise BildError(f"cannot resume from {str(self.out)!r} ({type(e).__name__}): rerun with --overwrite "
                             "to start afresh") from None
         differ = setup_difference(old.get("setup", {}), setup)
+        if differ == ["policy_code"]:
+            edited = setup_difference(old["setup"].get("policy_code") or {}, setup["policy_code"])
+            raise BildError(f"{str(self.out)!r} holds a bench of other code for {', '.join(edited)}: rerun with "
+                            "--overwrite to measure it again, or write elsewhere")
         if differ:
             raise BildError(f"{str(self.out)!r} holds a bench with other settings ({', '.join(differ)} differ): "
                             "rerun with its settings to resume it, --overwrite to replace it, or write elsewhere")
