@@ -37,6 +37,12 @@ def cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def given_length(cache: Cache | None) -> int:
+    """Positions a cache handed to a forward call holds (0 without one), for counting passes made elsewhere
+    (transformers' own generate: a dynamic cache, so reading it costs no device sync)."""
+    return int(cache.get_seq_length()) if cache is not None else 0
+
+
 def dynamic_cache(model: nn.Module, encoder_decoder: bool) -> Cache:
     """An empty growing cache; encoder-decoders get self- and cross-attention halves."""
     if encoder_decoder:

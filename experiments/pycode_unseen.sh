@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# docs/results.md §3-§4: the shared pycode pair on code from projects it never saw (CPU, fp32,
+# docs/results.md §2-§4, §8-§9: the shared pycode pair on code from projects it never saw (CPU, fp32,
 # 2 threads): every method side by side with modelled and measured speedups; a sweep of `exact`'s
 # threshold on the tuning prompts (never the reported ones); the CPU fast paths.
 set -euo pipefail

@@ -45,6 +45,33 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
+def test_transformers_assisted_generation_is_counted_as_our_policies_are(pair_dirs, load_pair, examples, tmp_path):
+    """transformers returns no counts: they are read off its passes. Every verification yields its kept drafts and
+    one token of the large model's own; a draft model identical to the large one has every draft kept."""
+    from bild import ModelPair
+    from bild.costs import CostModel
+
+    from conftest import cheap_costs
+
+    costs = CostModel.load(cheap_costs(tmp_path))
+    _, large = pair_dirs("llama")
+    twins = ModelPair.from_pretrained(str(large), str(large), device="cpu")
+    for pair, all_kept in ((twins, True), (load_pair("llama"), False)):
+        report, results = run_bench(pair, examples, parse_methods("large,hf-assisted"), CFG, progress=False,
+                                    costs=costs)
+        for m in results["hf-assisted"]:
+            s = m.stats
+            assert s.accepted_draft_tokens + s.large.calls == len(m.tokens) == s.new_tokens
+            assert sum(s.accepted_lengths.values()) == s.large.calls and s.small.calls >= s.draft_tokens > 0
+            assert not all_kept or s.accepted_draft_tokens == s.draft_tokens
+        row = report["methods"]["hf-assisted"]
+        assert row["anchor"] == "large" and row["exact_match_with_large"] == 1.0
+        assert row["stats"]["mean_accepted_tokens"] > 1 and row["stats"]["acceptance_by_position"][0] is not None
+        assert row["modelled_speedup_vs_large"] > 0 and row["fast_paths"] == {"small": "transformers",
+                                                                             "large": "transformers"}
+    assert report["methods"]["hf-assisted"]["stats"]["acceptance_rate"] < 1  # the tiny pair disagrees sometimes
+
+
 def test_each_method_is_anchored_on_the_large_model_of_its_own_fast_path(load_pair, examples):
     """`exact@fast_path=static` is compared with `large@fast_path=static`, `exact` with `large`; a path
     with no `large` has no anchor, and the report says so."""

@@ -89,11 +89,11 @@ def test_ranks_that_cannot_work_stop_together_with_one_line(setup, capsys):
 
 
 def test_ranks_that_disagree_are_named_by_rank_0(tmp_path):
-    script = tmp_path / "disagree.py"
+    script = tmp_path / "disagree.py"  # each rank's line in one write: the two ranks share stderr
     script.write_text("import sys\nfrom bild.errors import BildError\n"
                       "from bild.lab.distributed import agree, start, world\nstart()\ntry:\n"
                       "    agree({'prompts_hash': 'same', 'n': 4 + world()[0]}, 'the setup')\n"
-                      "except BildError as e:\n    print(type(e).__name__, e, file=sys.stderr)\n")
+                      "except BildError as e:\n    sys.stderr.write(f'{type(e).__name__} {e}\\n')\n")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(30500 + os.getpid() % 1000), str(script)], capture_output=True, text=True, env=ENV,
                          timeout=120)

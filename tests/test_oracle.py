@@ -153,6 +153,24 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     assert resumed["oracle"] == report["oracle"]  # a resumed report recomputes it from its samples
 
 
+def test_the_limit_figure_shows_its_two_panels_side_by_side(load_pair, tmp_path, monkeypatch):
+    """The efficiency and calibration panels once overlapped, the second drawn outside the figure."""
+    import matplotlib.figure
+
+    from bild.lab.bench import plot
+
+    examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:2])]
+    report, _ = run_bench(load_pair("llama", 1), examples, parse_methods("large,exact"), CFG, progress=False,
+                          costs=COSTS)
+    saved, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: saved.append([ax.get_position() for ax in fig.axes]) or save(fig, *a, **k))
+    plot(report, str(tmp_path / "r.png"), "tiny")
+    left, right = saved[-1]
+    assert 0 <= left.x0 < left.x1 < right.x0 < right.x1 <= 1
+    assert (tmp_path / "r-oracle.png").stat().st_size > 1000
+
+
 def test_without_an_exact_form_or_an_anchor_the_bench_says_so(load_pair):
     pair = load_pair("llama", 1)
     examples = [Example(id="0", prompt="def add(")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 
 import optuna
 import pytest
@@ -78,6 +79,7 @@ def test_pareto_search_writes_its_front_and_resumes(load_pair, examples, tmp_pat
     drafting = {"fallback_threshold": "0:0.05"}  # this tiny small model is unsure: above 0.05 it falls back
     report = run_tune(options(tmp_path, space=drafting), pair, examples, OFF, SETUP)
     assert report["finished_trials"] == 4 and report["front"]
+    assert report["cost_model"]["source"].startswith("file ")  # options.cost_model is honoured through the API
     assert all({"speedup", "chrf", "fallback_threshold"} <= set(r) for r in report["front"])
     assert json.loads((tmp_path / "s-front.json").read_text())["study"] == "s"
     assert (tmp_path / "s-front.png").stat().st_size > 1000
@@ -163,6 +165,40 @@ def test_a_new_policy_is_tunable_with_no_extra_code(load_pair, examples, tmp_pat
         assert all(isinstance(r["keep"], int) for r in report["front"])
     finally:
         unregister_policy("test-cap")
+
+
+def test_a_study_of_a_policy_that_was_edited_since_is_not_resumed(load_pair, examples, tmp_path, monkeypatch):
+    """Trials of two versions of a policy must not mix in one front (a study was keyed by the policy's name)."""
+    import importlib
+
+    source = tmp_path / "my_tuned.py"
+    source.write_text(textwrap.dedent("""
+        from policies import register_policy
+        from policies.exact import ExactPolicy
+
+
+        @register_policy("test-edited")
+        class Mine(ExactPolicy):
+            pass
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pair = load_pair("llama", 1)
+
+    def tune(trials: int) -> dict:
+        unregister_policy("test-edited")
+        importlib.reload(importlib.import_module("my_tuned"))
+        return run_tune(options(tmp_path, policy="test-edited", study="edited", trials=trials), pair, examples, OFF,
+                        SETUP)
+
+    try:
+        importlib.import_module("my_tuned")
+        tune(2)
+        assert tune(3)["finished_trials"] == 3  # unchanged: resumed
+        source.write_text(source.read_text() + "\nLIMIT = 3  # a module-level constant decides too\n")
+        with pytest.raises(BildError, match=r"tuned other code of 'test-edited'.*pick another --study name"):
+            tune(4)
+    finally:
+        unregister_policy("test-edited")
 
 
 def test_a_resumed_study_never_replays_a_parameter_set(load_pair, examples, tmp_path):

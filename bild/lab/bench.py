@@ -276,7 +276,7 @@ def plot(report: dict[str, Any], path: str, title: str) -> None:
 
     figure(path, draw)
     if report.get("oracle") and report["oracle"].get("modelled_speedup") is not None:
-        figure(oracle_plot_path(path), lambda ax: draw_limit(ax, report), size=(9.0, 3.8))
+        figure(oracle_plot_path(path), lambda axes: draw_limit(axes, report), size=(10.0, 4.0), panels=2)
 
 
 def oracle_plot_path(path: str) -> str:
@@ -285,9 +285,9 @@ def oracle_plot_path(path: str) -> str:
     return f"{stem}-oracle.{suffix}" if dot else f"{path}-oracle"
 
 
-def draw_limit(ax: Any, report: dict[str, Any]) -> None:
+def draw_limit(axes: list[Any], report: dict[str, Any]) -> None:
     """Per prompt, each lossless method's efficiency; beside it, acceptance against the small model's confidence."""
-    right = ax.inset_axes([1.15, 0.0, 0.85, 1.0])
+    ax, right = axes
     for name, r in report["methods"].items():
         if r.get("per_prompt_efficiency"):
             ax.plot(range(len(r["per_prompt_efficiency"])), r["per_prompt_efficiency"], "o-", ms=3, label=name)
@@ -296,11 +296,11 @@ def draw_limit(ax: Any, report: dict[str, Any]) -> None:
         ax.axhline(report["oracle"]["ideal"]["efficiency"], color="0.5", ls=":", label="confidence ideal")
     ax.set_xlabel("prompt")
     ax.set_ylabel("efficiency (modelled speedup / oracle's)")
-    ax.legend(fontsize=7)
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=7, loc="lower right")
     bins = report["oracle"]["calibration"]
     right.plot([b["max_prob"] for b in bins], [b["acceptance"] for b in bins], "o-", label="measured")
     right.plot([0, 1], [0, 1], color="0.5", ls="--", label="calibrated")
     right.set_xlabel("small model's max probability")
     right.set_ylabel("P(draft accepted)")
     right.legend(fontsize=7)
-    right.grid(alpha=0.3)

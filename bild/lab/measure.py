@@ -5,7 +5,8 @@ A `Method` is a baseline or a policy with parameters:
     large, small      this engine with one model (same fast path as the policies)
     large-hf          transformers' `generate`
     large-hf-static   `generate` with a static cache (compiled on CUDA): transformers' fastest single-model path
-    hf-assisted       transformers' assisted generation with its default settings
+    hf-assisted       transformers' assisted generation with its default settings (its passes counted from
+                      outside, bild/lab/hfcount.py: τ, acceptance and a modelled speedup like a policy's)
     POLICY[@k=v...]   a registered policy, e.g. bild@fallback_threshold=0.3@rollback_threshold=3
 
 Honest timing: every method is warmed up once on the longest prompt (allocations, lazy imports,
@@ -40,6 +41,8 @@ from bild.costs import CostModel
 from bild.engine import encode_prompt, generate, generate_single
 from bild.errors import BildError, unknown_name
 from bild.lab.chat import TURN_BREAK, ChatMode, Conversation, check_chat
+from bild.lab.hfcount import FAST_PATH as TRANSFORMERS
+from bild.lab.hfcount import assisted_stats, counted
 from bild.lab.metrics import accuracy, exact_match, first_difference, reference_metrics, token_agreement
 from bild.lab.options import BASELINES, parse_pairs
 from bild.lab.tasks import Example
@@ -131,7 +134,7 @@ class Answer(NamedTuple):
 
     tokens: list[int]
     text: str
-    stats: GenerationStats | None  # None for transformers' own methods
+    stats: GenerationStats | None  # None for transformers' own methods, counted for its assisted generation
     rounds: list[list[int]] | None = None  # a policy's rounds: [drafted, kept, discarded (0/1)], for the oracle's gap
 
 
@@ -179,6 +182,10 @@ def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, metho
     return out[0, 1 if pair.encoder_decoder else len(ids):].tolist()
 
 
+def hf_text(pair: ModelPair, tokens: list[int], config: GenerationConfig) -> str:
+    return trim_text(pair.tokenizer.decode(tokens, skip_special_tokens=True), config.stop_strings)
+
+
 def method_runner(pair: ModelPair, method: Method, config: GenerationConfig, costs: CostModel | None = None) -> Run:
     """A function prompt ids -> output; a policy's state lives as long as the function. `costs`: what the
     policy reads as `step.costs`."""
@@ -193,12 +200,17 @@ def method_runner(pair: ModelPair, method: Method, config: GenerationConfig, cos
         def run(ids: list[int]) -> Answer:
             r = generate_single(pair, ids, method.baseline, config)
             return Answer(r.token_ids, r.text, r.stats)
+    elif method.baseline == "hf-assisted":
+        def run(ids: list[int]) -> Answer:
+            with torch.inference_mode(), counted(pair) as (small, large):
+                tokens = hf_generate(pair, ids, config, method.baseline)
+            stats = assisted_stats(small, large, 1 if pair.encoder_decoder else len(ids), len(tokens))
+            return Answer(tokens, hf_text(pair, tokens, config), stats)
     else:
         def run(ids: list[int]) -> Answer:
             with torch.inference_mode():
                 tokens = hf_generate(pair, ids, config, method.baseline)
-            return Answer(tokens, trim_text(pair.tokenizer.decode(tokens, skip_special_tokens=True),
-                                            config.stop_strings), None)
+            return Answer(tokens, hf_text(pair, tokens, config), None)
     return run
 
 
@@ -324,7 +336,7 @@ def policy_stats(stats: list[GenerationStats]) -> dict[str, Any]:
         "fallback_rate": total.fallbacks / total.small.calls if total.small.calls else None,
         "rollback_rate": total.rollbacks / total.large.calls if total.large.calls else None,
         "overhead_ms_per_token": 1000 * (total.wall_seconds - total.small.seconds - total.large.seconds)
-        / total.new_tokens if total.new_tokens else None,
+        / total.new_tokens if total.new_tokens and total.wall_seconds else None,  # counted from outside: untimed
     }
 
 
@@ -344,9 +356,9 @@ def quality(measurements: list[Measurement], examples: list[Example], anchor: li
 
 def ran_on(measurements: list[Measurement]) -> ModelStats | None:
     """The statistics of the model whose path anchors a method: the large model's, or the small one's when
-    it ran alone; None for transformers' own methods."""
+    it ran alone; None for transformers' own methods (counted or not)."""
     stats = measurements[0].stats if measurements else None
-    if stats is None:
+    if stats is None or stats.large.fast_path == TRANSFORMERS:
         return None
     return stats.large if stats.large.fast_path else stats.small
 
@@ -369,9 +381,14 @@ def anchors(methods: list[Method], results: Results) -> dict[str, str | None]:
 
 def priced_by(costs: CostModel | None, measurements: list[Measurement]) -> bool:
     """Whether `costs` prices these measurements: they ran on the fast path it was calibrated on (a cost model
-    that names none prices every path)."""
-    model = ran_on(measurements)
-    return costs is not None and model is not None and costs.identity.get("fast_path") in (None, model.fast_path)
+    that names none prices every path). transformers' counted passes are priced as `off`'s, which runs the
+    same forward passes on the same dynamic cache: what its schedule would cost in this engine."""
+    stats = measurements[0].stats if measurements else None
+    if stats is not None and stats.large.fast_path == TRANSFORMERS:
+        path = "off"
+    else:
+        path = model.fast_path if (model := ran_on(measurements)) else None
+    return costs is not None and path is not None and costs.identity.get("fast_path") in (None, path)
 
 
 def fast_path_summary(measurements: list[Measurement]) -> dict[str, str] | None:

@@ -43,17 +43,18 @@ def flatten(data: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str,
     return flat
 
 
-def figure(path: str, draw: Callable[[Any], None], size: tuple[float, float] = (7.5, 4.5)) -> None:
-    """Draw on a new axes with `draw(ax)` and save to `path` (PNG, PDF or SVG)."""
+def figure(path: str, draw: Callable[[Any], None], size: tuple[float, float] = (7.5, 4.5), panels: int = 1) -> None:
+    """Draw with `draw(ax)` (or `draw(axes)`, side by side, for `panels` > 1) and save to `path` (PNG, PDF or SVG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=size)
+    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False)
     try:
-        draw(ax)
-        ax.grid(alpha=0.3)
+        draw(axes[0][0] if panels == 1 else list(axes[0]))
+        for ax in axes[0]:
+            ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     except (OSError, ValueError) as e:

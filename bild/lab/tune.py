@@ -179,6 +179,10 @@ def open_study(options: TuneOptions, storage: optuna.storages.RDBStorage, space:
         study.set_metric_names(["speedup", options.metric][: len(directions)])
     elif existing != setup:
         diff = sorted(k for k in set(existing) | set(setup) if existing.get(k) != setup.get(k))
+        if diff == ["policy_code"]:
+            raise BildError(f"study {options.study!r} tuned other code of {options.policy!r} (its file has changed "
+                            "since): pick another --study name to tune the edited policy, or restore the file to "
+                            "resume it")
         raise BildError(f"study {options.study!r} exists with other settings ({', '.join(diff)} differ): "
                         "pick another --study name, or rerun with the study's settings to resume it")
     if [d.name.lower() for d in study.directions] != directions:
@@ -480,16 +484,17 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
              setup: dict[str, Any], context: dict[str, Any] | None = None, costs: CostModel | None = None
              ) -> dict[str, Any]:
     """Join (or create) the study, run trials until it holds `options.trials`, report its front. `costs`: the
-    `--cost-model` file, already read (else the setup's cached or calibrated one)."""
-    from bild.lab.calibrate import cost_model_for
+    `--cost-model` file, already read (else it is read here; without one, the setup's cached or calibrated one)."""
+    from bild.lab.calibrate import cost_model_for, read_cost_model
     from policies import policy_class
 
     space = SearchSpace(policy_class(options.policy), options.space, options.generation.greedy)
     stem = check_setup(options)
     check_examples(options, examples)
-    given = costs
+    given = costs if costs is not None else read_cost_model(options)  # --cost-model, also through the API
     setup = {**setup, **options.model_dump(include={"policy", "objectives", "objective", "metric",
-                                                      "max_quality_drop", "space"})}
+                                                      "max_quality_drop", "space"}),
+             "policy_code": policy_origin(policy_class(options.policy)).get("code")}  # trials of edited code don't mix
     for e in examples:  # a prompt that cannot run is refused before a study is touched
         encode_prompt(pair, e.prompt, options.generation.max_new_tokens)
     storage = open_storage(options)
@@ -535,7 +540,8 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
         write_atomic(path, json.dumps(report, indent=2) + "\n")
         if kept or dominated:
             plot_front(study, kept, dominated, options.metric, stem.with_suffix(".png"), base_quality, oracle_speedup)
-    tables = {"pareto_front": (list(kept[0]), [list(r.values()) for r in kept])} if kept else {}
+    columns = list(dict.fromkeys(k for r in kept for k in r))  # rows name only the parameters their trial searched
+    tables = {"pareto_front": (columns, [[r.get(c) for c in columns] for r in kept])} if kept else {}
     if options.wandb_per == "study":
         trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric, space)
         if trials:
