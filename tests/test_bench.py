@@ -45,7 +45,9 @@ def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, f
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
-def test_transformers_assisted_generation_is_counted_as_our_policies_are(pair_dirs, load_pair, examples, tmp_path):
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "t5", "bart"])
+def test_transformers_assisted_generation_is_counted_as_our_policies_are(pair_dirs, load_pair, examples, tmp_path,
+                                                                         family):
     """transformers returns no counts: they are read off its passes. Every verification yields its kept drafts and
     one token of the large model's own; a draft model identical to the large one has every draft kept."""
     from bild import ModelPair
@@ -54,9 +56,11 @@ def test_transformers_assisted_generation_is_counted_as_our_policies_are(pair_di
     from conftest import cheap_costs
 
     costs = CostModel.load(cheap_costs(tmp_path))
-    _, large = pair_dirs("llama")
+    _, large = pair_dirs(family)
     twins = ModelPair.from_pretrained(str(large), str(large), device="cpu")
-    for pair, all_kept in ((twins, True), (load_pair("llama"), False)):
+    # transformers' assistant feeds BART's decoder its whole sequence over a cache that already holds part of it
+    # (positions shift), so there even an identical assistant drafts other tokens: only the counts are checked
+    for pair, all_kept in ((twins, family != "bart"), (load_pair(family), False)):
         report, results = run_bench(pair, examples, parse_methods("large,hf-assisted"), CFG, progress=False,
                                     costs=costs)
         for m in results["hf-assisted"]:
