@@ -54,6 +54,24 @@ def test_tune_logs_a_run_per_trial_and_a_summary(load_pair, tmp_path):
     assert sum("samples" in tables(r) for r in found) == 2
 
 
+def test_a_study_run_logs_every_trial_though_they_searched_different_parameters(load_pair, tmp_path, recwarn):
+    """Trials of `bild` search `rollback_threshold` only under the `nll` rule: the trials table once failed on
+    rows of different lengths (W&B warned and logged no table)."""
+    examples = [Example(id="0", prompt="def add(", reference="a + b"), Example(id="1", prompt="import os\n")]
+    options = TuneOptions(policy="bild", trials=2, study="wbs", storage=f"sqlite:///{tmp_path}/t.db", sampler_seed=0,
+                          cost_model=cheap_costs(tmp_path), space={"fallback_threshold": "0:0.05"},
+                          metric="agreement", generation=GenerationConfig(max_new_tokens=8), out_dir=str(tmp_path),
+                          confirm=0, wandb_per="study")
+    run_tune(options, load_pair("llama", 1), examples, WandbLogger("offline", "bild-test", directory=tmp_path / "wb"),
+             setup={})
+    (run,) = runs(tmp_path / "wb")
+    trials = tables(run)["trials"]
+    assert {"rollback_rule", "rollback_threshold"} <= set(trials["columns"]) and len(trials["data"]) == 2
+    rules = {row[trials["columns"].index("rollback_rule")] for row in trials["data"]}
+    assert rules == {"exact", "nll"}  # one row without the threshold, one with it
+    assert not [w for w in recwarn if "W&B logging failed" in str(w.message)]
+
+
 def test_a_wandb_failure_warns_and_does_not_stop(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

@@ -32,6 +32,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def columns(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Dict rows as one table: every key any row has, in first-seen order, and each row's values under them
+    (None where a row lacks the key, as a trial does a parameter it never searched)."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return keys, [[r.get(k) for k in keys] for r in rows]
+
+
 def flatten(data: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
     """`{"a": {"b": 1}}` -> `{"a.b": 1}` (with `sep` between the levels)."""
     flat: dict[str, Any] = {}

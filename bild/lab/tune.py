@@ -57,7 +57,7 @@ from bild.lab.measure import (
 from bild.lab.options import TuneOptions
 from bild.lab.oracle import accepted_runs, oracle, teacher_forced
 from bild.lab.outputs import FRONT, PLOT, check_output
-from bild.lab.render import figure, fmt, table
+from bild.lab.render import columns, figure, fmt, table
 from bild.lab.space import SearchSpace
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
@@ -433,9 +433,8 @@ def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dic
 def format_front(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no finished trial yet"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    cells = [[fmt(r.get(k), ".3f") if isinstance(r.get(k), float) else fmt(r.get(k)) for k in keys] for r in rows]
-    return table(keys, cells, left=0)
+    keys, values = columns(rows)
+    return table(keys, [[fmt(v, ".3f") if isinstance(v, float) else fmt(v) for v in row] for row in values], left=0)
 
 
 def plot_front(study: optuna.Study, rows: list[dict[str, Any]], dominated: list[dict[str, Any]], metric: str,
@@ -540,12 +539,11 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
         write_atomic(path, json.dumps(report, indent=2) + "\n")
         if kept or dominated:
             plot_front(study, kept, dominated, options.metric, stem.with_suffix(".png"), base_quality, oracle_speedup)
-    columns = list(dict.fromkeys(k for r in kept for k in r))  # rows name only the parameters their trial searched
-    tables = {"pareto_front": (columns, [[r.get(c) for c in columns] for r in kept])} if kept else {}
+    tables = {"pareto_front": columns(kept)} if kept else {}  # rows name only the parameters their trial searched
     if options.wandb_per == "study":
         trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric, space)
         if trials:
-            tables["trials"] = (list(trials[0]), [list(r.values()) for r in trials])
+            tables["trials"] = columns(trials)
     logger.log_run(f"summary:{study.study_name}", job_type="tune-summary", config=objective.setup,
                    summary={"finished_trials": finished, "baseline": report["baseline"], "notes": notes},
                    tables=tables)
