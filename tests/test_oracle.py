@@ -70,7 +70,7 @@ def test_a_schedule_is_priced_as_the_engine_runs_it_and_no_policy_beats_the_orac
             assert run.token_ids == large.token_ids
             assert price(seen.rounds, len(ids), COSTS) == pytest.approx(COSTS.seconds(run.stats))  # the engine's own
             assert best <= COSTS.seconds(run.stats) + 1e-9, (prompt, policy)  # never beaten
-            split = gap(seen.rounds, runs, CFG.draft_cap(), CFG.draft_cap(), len(ids), COSTS)
+            split = gap(seen.rounds, runs, CFG.draft_cap(), CFG.draft_cap(), len(ids), COSTS, best)
             assert split["gap"] == pytest.approx(COSTS.seconds(run.stats) - best)
             assert split["gap"] == pytest.approx(sum(v for k, v in split.items() if k != "gap"))  # adds up
             assert split["rejected"] >= -1e-9 and split["schedule"] >= -1e-9

@@ -226,13 +226,14 @@ def closed_form(alpha: float, ratio: float, cap: int) -> dict[str, Any]:
 
 
 def gap(method: Sequence[Round], runs: Sequence[int], method_cap: int, cap: int, prompt_tokens: int,
-        costs: CostModel) -> dict[str, float]:
-    """A lossless method's modelled seconds over the oracle's, split into causes that add up to it exactly."""
+        costs: CostModel, best: float) -> dict[str, float]:
+    """A lossless method's modelled seconds over the oracle's (`best`: `oracle`'s seconds for these runs, cap and
+    prompt), split into causes that add up to it exactly."""
     steps = [price(method, prompt_tokens, costs),
              price([Round(r.kept, r.kept, discarded=r.kept == 0) for r in method], prompt_tokens, costs),
              price(greedy_rounds(runs, method_cap), prompt_tokens, costs),
              price(greedy_rounds(runs, cap), prompt_tokens, costs),
-             oracle(runs, cap, prompt_tokens, costs)[0]]
+             best]
     return {"gap": steps[0] - steps[-1], "rejected": steps[0] - steps[1], "early_stops": steps[1] - steps[2],
             "cap": steps[2] - steps[3], "schedule": steps[3] - steps[4]}
 
@@ -273,13 +274,15 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], 
     matches: list[bool] = []
     probs: list[float] = []
     runs_of: dict[tuple[int, int], list[int]] = {}
+    best_of: dict[tuple[int, int], float] = {}  # the oracle's seconds per turn: each method's gap reads it
     turns: list[tuple[list[int], list[float], int]] = []
     oracle_of: dict[int, float] = {}
     for i in done:
         oracle_of[i] = 0.0
         for t, teacher in enumerate(anchor[i].teacher):
             runs_of[i, t] = accepted_runs(teacher["matches"])
-            oracle_of[i] += oracle(runs_of[i, t], cap, teacher["prompt_tokens"], costs)[0]
+            best_of[i, t] = oracle(runs_of[i, t], cap, teacher["prompt_tokens"], costs)[0]
+            oracle_of[i] += best_of[i, t]
             for g in fixed:
                 fixed[g] += price(fixed_rounds(runs_of[i, t], g), teacher["prompt_tokens"], costs)
             matches += teacher["matches"]
@@ -303,7 +306,7 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], 
         for i in done:
             for t, teacher in enumerate(anchor[i].teacher):
                 rounds = [Round(*r) for r in measured[i].rounds[t]]
-                split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs)
+                split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs, best_of[i, t])
                 for k, v in split.items():
                     causes[k] += v
             spent = costs.seconds(measured[i].stats)
