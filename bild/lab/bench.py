@@ -18,7 +18,7 @@ from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
 from bild.lab.measure import Measurement, Method, Results, by_category, measure, peak_memory, priced_by, summarize
 from bild.lab.oracle import limit, teacher_forced
-from bild.lab.render import figure, fmt, table
+from bild.lab.render import category_table, figure, fmt, table
 from bild.lab.report import ReportWriter
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
@@ -230,13 +230,7 @@ def position_lines(report: dict[str, Any]) -> list[str]:
 def category_lines(report: dict[str, Any]) -> list[str]:
     """Speedup over each method's anchor and tau, per category then overall (Spec-Bench's table)."""
     categories = report.get("categories")
-    if not categories:
-        return []
-    names = list(categories)
-    rows = [[method, *(f"{fmt(categories[c][method]['speedup_vs_large'], '.2f')}x "
-                       f"({fmt(categories[c][method]['mean_accepted_tokens'], '.2f')})" for c in names)]
-            for method in report["methods"]]
-    return ["by category: speedup over its anchor (tau)", table(["method", *names], rows)]
+    return ["by category: speedup over its anchor (tau)", category_table(categories)] if categories else []
 
 
 def oracle_lines(report: dict[str, Any]) -> list[str]:

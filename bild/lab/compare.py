@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bild.errors import BildError
-from bild.lab.render import figure, flatten, fmt, table
+from bild.lab.render import category_table, figure, flatten, fmt, table
 
 MACHINE_KEYS = ("device", "dtype", "gpu", "processor", "threads", "torch", "transformers", "bild")
 
@@ -157,15 +157,7 @@ def category_lines(label: str, report: Report) -> list[str]:
     """A report's speedup (tau) per category, Spec-Bench style, when its prompts had categories."""
     if not isinstance(report.categories, dict) or not report.categories:
         return []
-    names = list(report.categories)
-    methods = list(next(iter(report.categories.values())))
-
-    def cell(category: str, method: str) -> str:
-        r = report.categories[category].get(method) or {}
-        return f"{fmt(r.get('speedup_vs_large'), '.2f')}x ({fmt(r.get('mean_accepted_tokens'), '.2f')})"
-
-    return [f"{label} by category: speedup (tau)", table(["method", *names], [[m, *(cell(c, m) for c in names)]
-                                                                               for m in methods]), ""]
+    return [f"{label} by category: speedup (tau)", category_table(report.categories), ""]
 
 
 def draw(reports: list[Report], labels: list[str], path: str) -> None:

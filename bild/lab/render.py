@@ -1,4 +1,5 @@
-"""How the lab shows results: one table renderer, one figure saver, one flattener.
+"""How the lab shows results: one table renderer, one figure saver, one flattener, and the per-category
+table (Spec-Bench's) that `bench` prints and `compare` reprints from reports.
 
 Tables are plain text, columns aligned, the first `left` columns left-aligned and the rest
 right-aligned; a missing value is `-`. Figures are drawn with matplotlib's Agg backend and saved
@@ -37,6 +38,19 @@ def columns(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]
     (None where a row lacks the key, as a trial does a parameter it never searched)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return keys, [[r.get(k) for k in keys] for r in rows]
+
+
+def category_table(categories: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Each method's speedup over its anchor (tau) per category, then overall, from a report's `categories`
+    (read defensively: a method missing from a category shows `-`)."""
+    names = list(categories)
+    methods = list(dict.fromkeys(m for rows in categories.values() for m in rows))
+
+    def cell(category: str, method: str) -> str:
+        r = categories[category].get(method) or {}
+        return f"{fmt(r.get('speedup_vs_large'), '.2f')}x ({fmt(r.get('mean_accepted_tokens'), '.2f')})"
+
+    return table(["method", *names], [[m, *(cell(c, m) for c in names)] for m in methods])
 
 
 def flatten(data: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
