@@ -260,15 +260,13 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         agree({**setup, "methods": [m.name for m in methods]}, "the setup")
         costs = share(cost_model_for(options, pair, given) if rank == 0 else None)
         report, results = bench_shard(pair, examples, methods, options, setup, inputs, costs)
-        if rank != 0:
-            return report
     else:  # one process, or the ranks of a tensor-parallel model decoding in lockstep (rank 0 writes)
         costs = cost_model_for(options, pair, given, share if size > 1 else lambda found: found)
         report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                     out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
                                     overwrite=options.overwrite, costs=costs, context=context(options, pair),
                                     chat=options.chat, system=options.system, progress=rank == 0)
-    if rank != 0:  # tensor parallel: every rank decodes, rank 0 alone reports
+    if rank != 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
         return report
     print(format_table(report))
     name = run_name("bench", pair, options)

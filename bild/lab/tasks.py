@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +167,6 @@ def pycode_examples(n: int) -> list[Example]:
 
 Metric = Literal["chrf", "bleu", "rouge_l", "accuracy", "agreement"]
 MT_BENCH_CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 class Task(BaseModel):

@@ -491,9 +491,10 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     stem = check_setup(options)
     check_examples(options, examples)
     given = costs if costs is not None else read_cost_model(options)  # --cost-model, also through the API
+    origin = policy_origin(policy_class(options.policy))
     setup = {**setup, **options.model_dump(include={"policy", "objectives", "objective", "metric",
                                                       "max_quality_drop", "space"}),
-             "policy_code": policy_origin(policy_class(options.policy)).get("code")}  # trials of edited code don't mix
+             "policy_code": origin.get("code")}  # trials of edited code don't mix
     for e in examples:  # a prompt that cannot run is refused before a study is touched
         encode_prompt(pair, e.prompt, options.generation.max_new_tokens)
     storage = open_storage(options)
@@ -527,7 +528,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
         oracle_seconds)
     report = {"study": study.study_name, "storage": options.storage, "policy": options.policy,
               "oracle_modelled_speedup": oracle_speedup,
-              "policy_origin": policy_origin(policy_class(options.policy)),
+              "policy_origin": origin,
               "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
               "finished_trials": finished, "baseline": {"tokens_per_s": tokens_per_second(base),
                                                          "quality": objective.base_quality},
