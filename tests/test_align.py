@@ -46,8 +46,7 @@ def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair
     out = tmp_path / "aligned"
     folder = OutputFolder(out, "align")
     folder.open()
-    folder.wrote("data")
-    build_data(pair, examples(70)[:66], out / "data", 6, "large", 4, progress=False)  # as if cut off
+    build_data(pair, examples(70)[:66], out / "data", 6, "large", 4, progress=False, record=folder.wrote)  # cut off
     shards = sorted((out / "data").glob("shard-*.pt"))
     assert len(shards) == 2
     stamp = shards[0].stat().st_mtime
@@ -75,7 +74,7 @@ def test_overwrite_deletes_only_what_align_wrote(pair, tmp_path):
     align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, progress=False)
     (out / "my-notes.txt").write_text("mine")
     written = json.loads((out / ".bild-output.json").read_text())["entries"]
-    assert {"data", "work", "align.json", "config.json"} <= set(written) and "my-notes.txt" not in written
+    assert {"data/shard-00000.pt", "align.json", "config.json"} <= set(written) and "my-notes.txt" not in written
     align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, overwrite=True, progress=False)
     assert (out / "my-notes.txt").read_text() == "mine" and (out / "align.json").exists()
 

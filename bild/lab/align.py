@@ -32,10 +32,12 @@ often the small model predicts what the large one would, the fewer fallbacks and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -52,6 +54,8 @@ from bild.lab.tasks import Example
 from bild.lab.training import adamw, learning_rate, smooth, update
 from bild.pair import ModelPair
 
+CHECKPOINT = "checkpoint.pt"  # under OUT/work
+SETTINGS = "settings.json"  # under OUT/work: what the calibration set was built with, checked on --resume
 SHARD = 64  # prompts per cached shard
 BATCH = 16  # sequences per generation batch
 RUN_CAP = 10  # accepted runs are counted up to the engine's default draft cap
@@ -97,8 +101,9 @@ def teacher(pair: ModelPair, prompts: list[list[int]], tails: list[list[int]], k
 
 
 def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length: int, source: str, k: int,
-               progress: bool = True) -> list[dict[str, Any]]:
-    """The calibration set, from the cached shards plus the prompts they do not cover yet."""
+               progress: bool = True, record: Callable[[Path], None] = lambda path: None) -> list[dict[str, Any]]:
+    """The calibration set, from the cached shards plus the prompts they do not cover yet; `record` is told of
+    each shard before it is written (the output folder's manifest)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for shard in sorted(data_dir.glob("shard-*.pt")):
@@ -127,13 +132,19 @@ def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length:
                                       "start": len(p), "top_ids": top_ids, "top_logp": top_logp})
             bar.update(len(batch))
         path = data_dir / f"shard-{len(list(data_dir.glob('shard-*.pt'))):05d}.pt"
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(shard_records, tmp)
-        tmp.replace(path)  # a shard is there whole or not at all
+        record(path)
+        save_whole(shard_records, path)
         records += shard_records
     bar.close()
     wanted = {e.id for e in examples}
     return [r for r in records if r["id"] in wanted]
+
+
+def save_whole(obj: Any, path: Path) -> None:
+    """`torch.save`, there whole or not at all (a temporary file renamed over the target)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -226,9 +237,10 @@ class Stopping(NamedTuple):
 
 def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[str, Any]], vocab: int,
           loss_name: str, stopping: Stopping, work: Path, lr: float, batch_size: int, resume: bool,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, record: Callable[[Path], None] = lambda path: None) -> dict[str, Any]:
     """Fine-tune until `stopping` says so; the best dev agreement's weights end in `model`, the original's when
-    no step beat it (the original is the first checkpoint)."""
+    no step beat it (the original is the first checkpoint). A checkpoint is saved every minute and on Ctrl-C;
+    `record` is told of every file written under `work`."""
     device = next(model.parameters()).device
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.float().train().requires_grad_(True)  # trained in float32 whatever the pair's dtype
@@ -238,12 +250,16 @@ def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[
     max_steps = max(1, math.ceil(stopping.max_epochs * per_epoch))
     before = agreement_runs(model, dev, vocab, device)[0]
     state = {"step": 0, "elapsed": 0.0, "best": before, "best_step": 0, "curve": [[0, before]], "since_best": 0}
-    checkpoint = work / "checkpoint.pt"
+    checkpoint = work / CHECKPOINT
     if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = load_checkpoint(checkpoint)
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         state = saved["state"]
+
+    def save_checkpoint() -> None:
+        record(checkpoint)
+        save_whole({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, checkpoint)
     gen = torch.Generator().manual_seed(state["step"])
     begun, last_save, smoothed, stopped = time.monotonic() - state["elapsed"], time.monotonic(), float("nan"), None
     bar = tqdm(total=max_steps, initial=state["step"], desc=f"aligning ({loss_name})", unit="step",
@@ -256,6 +272,7 @@ def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[
         if agreement > state["best"]:
             state["best"], state["best_step"], state["since_best"] = agreement, state["step"], 0
             model.save_pretrained(work / "best")
+            record(work / "best")
         else:
             state["since_best"] += 1
         bar.set_postfix(agreement=f"{agreement:.3f}", best=f"{state['best']:.3f}", loss=f"{smoothed:.3f}")
@@ -287,10 +304,14 @@ def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[
             if state["step"] % eval_every == 0 and evaluate_and_keep():
                 stopped = "patience"
             if now - last_save > 60:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, checkpoint)
+                save_checkpoint()
                 last_save = now
         if state["curve"][-1][0] != state["step"]:
             evaluate_and_keep()
+    except KeyboardInterrupt:  # Ctrl-C keeps the steps made: --resume continues from here
+        if state["step"] > 0:
+            save_checkpoint()
+        raise
     finally:
         bar.close()
         model.eval().requires_grad_(False)
@@ -305,6 +326,19 @@ def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[
             "patience": stopping.patience, "max_epochs": stopping.max_epochs,
             "dev_agreement_before": state["curve"][0][1], "dev_agreement_best": state["best"],
             "best_step": state["best_step"], "improved": state["best_step"] > 0, "dev_curve": state["curve"]}
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint: tensors and plain values only (nothing is unpickled), or one line."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as e:  # a torn or foreign file fails with its own error types
+        raise BildError(f"the checkpoint {str(path)!r} is torn or not bild's ({type(e).__name__}): delete it and "
+                        "rerun with --resume (training restarts at step 0, the calibration set is kept)") from None
+    if not (isinstance(saved, dict) and {"model", "optimizer", "state"} <= set(saved)):
+        raise BildError(f"the checkpoint {str(path)!r} is not a bild align checkpoint: delete it and rerun with "
+                        "--resume")
+    return saved
 
 
 def warn_epochs(stopping: Stopping, step_seconds: float, per_epoch: int, prompts: int, batch_size: int) -> None:
@@ -407,18 +441,20 @@ def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, st
               data: str, length: int, top_k: int, lr: float, batch_size: int, excluded_count: int,
               evaluation: list[Example], resume: bool, progress: bool) -> dict[str, Any]:
     out = folder.path
-    folder.wrote("data", "work")
+    keep_settings(folder, {"data": data, "max_new_tokens": length, "teacher_top_k": top_k,
+                           "prompts": prompts_hash(examples), "eval": prompts_hash(evaluation)}, resume)
     started = time.monotonic()
-    records = build_data(pair, examples, out / "data", length, data, top_k, progress)
+    records = build_data(pair, examples, out / "data", length, data, top_k, progress, folder.wrote)
     data_seconds = time.monotonic() - started
     dev, train_records = dev_split(records)
     heldout: list[dict[str, Any]] = []
     before = None
     if evaluation:
-        heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress)
+        heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress,
+                             folder.wrote)
         before = evaluate(pair, heldout, evaluation, length)
     report = train(pair.small, train_records, dev, pair.vocab_size, loss, stopping, out / "work", lr, batch_size,
-                   resume, progress)
+                   resume, progress, folder.wrote)
     present = {p.name for p in out.iterdir()}
     pair.small.save_pretrained(out)
     pair.tokenizer.save_pretrained(out)
@@ -433,6 +469,45 @@ def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, st
     write_atomic(out / "align.json", json.dumps(summary, indent=2) + "\n")
     curve_plot(summary, out / "align-curve.png")
     return summary
+
+
+def prompts_hash(examples: list[Example]) -> str:
+    return hashlib.sha256(json.dumps([[e.id, e.prompt] for e in examples]).encode()).hexdigest()[:16]
+
+
+def keep_settings(folder: OutputFolder, settings: dict[str, Any], resume: bool) -> None:
+    """Record what the calibration set is built with; a resumed run must use the same, or it would train on
+    the first run's shards while reporting its own settings."""
+    path = folder.path / "work" / SETTINGS
+    if resume and path.exists():
+        try:
+            before = json.loads(path.read_text())
+        except (OSError, ValueError):
+            before = None
+        if not isinstance(before, dict):
+            raise BildError(f"{str(path)!r} is torn: rerun with --overwrite to start afresh")
+        changed = [k for k in settings if before.get(k) != settings[k]]
+        if changed:
+            named = ", ".join(f"--{k.replace('_', '-')} {before.get(k)!r} (now {settings[k]!r})"
+                              if k not in ("prompts", "eval") else f"other {k} than before" for k in changed)
+            raise BildError(f"--resume: {str(folder.path)!r} was built with {named}: rerun with the first run's "
+                            "settings, or --overwrite to start afresh")
+        return
+    folder.wrote(path)
+    write_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+def kept_after_interrupt(out: str) -> str:
+    """What an interrupted `bild align` leaves in OUT, and how to continue."""
+    folder = Path(out).expanduser()
+    shards = len(list((folder / "data").glob("shard-*.pt")))
+    if not shards and not (folder / "work" / CHECKPOINT).exists():
+        return f"nothing finished was kept in {out} (no calibration shard yet): rerun with --resume to start again"
+    if (folder / "work" / CHECKPOINT).exists():
+        return (f"the calibration set's {shards} finished shard(s) and a training checkpoint are in {out}: rerun "
+                "with --resume to continue")
+    return (f"the calibration set's {shards} finished shard(s) are in {out}, but no training step (none had "
+            "finished): rerun with --resume to continue from the calibration set")
 
 
 def run_align(options: AlignOptions) -> dict[str, Any]:

@@ -302,6 +302,12 @@ def bench_interrupted(options: BenchOptions | TuneOptions) -> str:
     return "nothing was saved (no --json): give --json OUT to make a bench resumable, then rerun"
 
 
+def align_interrupted(options: AlignOptions) -> str:
+    from bild.lab.align import kept_after_interrupt
+
+    return kept_after_interrupt(options.out)
+
+
 def config_interrupted(options: RunConfigOptions) -> str:
     from bild.lab.experiment import load_experiment
 
@@ -321,8 +327,7 @@ COMMANDS: dict[str, Command] = {
     "calibrate": Command("measure a cost model of a pair on this device", CalibrateOptions, run_calibrate,
                          nothing("a calibration does not resume")),
     "align": Command("fine-tune the small model toward the large one's predictions", AlignOptions, run_align,
-                     lambda o: f"the calibration set and the last checkpoint are in {o.out}: rerun with --resume "
-                               "to continue"),
+                     align_interrupted),
     "traces": Command("record labelled draft features for the learned policy", TracesOptions, run_traces,
                       nothing("traces are written at the end")),
     "train-policy": Command("train the learned policy's classifier on traces", TrainPolicyOptions,

@@ -6,9 +6,10 @@
 - **An existing output file is replaced only when it is what the command writes**: each `Kind`
   recognises its files by content (a bench report, a cost model, a plot, ...). Anything else is
   refused, naming the file.
-- **An output folder carries a manifest** (`.bild-output.json`) of what the command wrote in it;
-  `--overwrite` deletes only what the manifest lists, and a non-empty folder without one is
-  refused, naming what would have been deleted.
+- **An output folder carries a manifest** (`.bild-output.json`) of the files the command wrote in
+  it; `--overwrite` deletes only those files (then the folders they leave empty), never a file
+  put there since, and a non-empty folder without a manifest, or whose manifest names anything
+  but plain files inside it, is refused, naming what would have been deleted.
 - **Checks first, changes after**: `check_output` and `OutputFolder(...)` only look; nothing is
   created or deleted until every check of the command has passed (and before models load, so a
   bad path costs a second, not a minute).
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
+import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from bild.errors import BildError
@@ -69,11 +71,17 @@ def jsonl_with(*keys: str) -> Callable[[Path], bool]:
 
 
 def image(path: Path) -> bool:
+    """A figure bild saved: an image whose metadata carries bild's mark (a user's own image of the same name
+    is never replaced)."""
+    from bild.lab.render import PLOT_MARK
+
     try:
-        head = path.read_bytes()[:512]
+        with path.open("rb") as f:
+            data = f.read(1 << 26)
     except OSError:
         return False
-    return head.startswith((b"\x89PNG", b"%PDF")) or b"<svg" in head or head.startswith(b"<?xml")
+    looks = data.startswith((b"\x89PNG", b"%PDF")) or b"<svg" in data[:512] or data.startswith(b"<?xml")
+    return looks and PLOT_MARK.encode() in data
 
 
 REPORT = Kind("bench report", json_with("setup", "methods"))
@@ -83,7 +91,7 @@ FRONT = Kind("tune front", json_with("front", "policy"))
 TRACES = Kind("traces file", jsonl_with("prompt", "mismatch"))
 TRACES_META = Kind("traces metadata file", json_with("rows", "vocab_size"))
 CLASSIFIER = Kind("learned-policy classifier", json_with(format="bild-learned-policy/"))
-PLOT = Kind("plot", image)
+PLOT = Kind("plot bild wrote", image)
 
 
 def _resolved(path: str | Path) -> Path:
@@ -130,11 +138,27 @@ def check_output(out: str | Path, inputs: Iterable[str | Path | None], kind: Kin
     return path
 
 
-class OutputFolder:
-    """A folder a command writes into, with a manifest of what it wrote there.
+def tree_files(folder: Path) -> list[str]:
+    """Every file (and link) in a folder's tree, as sorted relative POSIX paths; links are not followed."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root).relative_to(folder)
+        found += [(here / n).as_posix() for n in names]
+        found += [(here / d).as_posix() for d in dirs if (Path(root) / d).is_symlink()]
+    return sorted(found)
 
-    Construction only checks; `open()` creates the folder (and, with `overwrite`, deletes what the
-    manifest lists); `wrote()` adds entries to the manifest as they are written.
+
+class OutputFolder:
+    """A folder a command writes into, with a manifest of the files it wrote there.
+
+    The manifest lists files, as plain relative paths inside the folder (never a folder, never `..`,
+    never absolute): a copied, hand-edited or corrupted manifest naming anything else marks the folder
+    as not written by bild, and nothing in it is touched. Construction only checks; `open()` creates
+    the folder (and, with `overwrite`, deletes the files the manifest lists, then the folders they
+    leave empty); `wrote()` records files as they are written, before writing them where it can, so
+    an interrupted write is still the command's.
     """
 
     def __init__(self, path: str | Path, command: str, inputs: Iterable[str | Path | None] = (),
@@ -152,10 +176,10 @@ class OutputFolder:
         if self.path.exists() and not self.path.is_dir():
             raise BildError(f"{flag} {str(path)!r} is a file: give a folder")
         self.manifest = self.read_manifest()
-        entries = sorted(p.name for p in self.path.iterdir()) if self.path.is_dir() else []
-        if entries:
+        files = tree_files(self.path)
+        if files:
             listed = set(self.manifest["entries"]) if self.manifest else set()
-            foreign = [e for e in entries if e != MANIFEST and e not in listed]
+            foreign = [f for f in files if f != MANIFEST and not _owned(f, listed)]
             if self.manifest is None:
                 what = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
                 raise BildError(f"{flag} {str(path)!r} holds {len(foreign)} entries bild did not write ({what}): "
@@ -169,32 +193,70 @@ class OutputFolder:
         check_writable(self.path, str(path))
 
     def read_manifest(self) -> dict[str, Any] | None:
+        """The manifest, or None when there is none; a manifest that lists anything but plain files inside the
+        folder refuses the folder (it was not written by bild, or was edited since)."""
         try:
             data = json.loads((self.path / MANIFEST).read_text())
         except (OSError, ValueError):
             return None
-        ok = isinstance(data, dict) and isinstance(data.get("entries"), list) and isinstance(data.get("command"), str)
-        return data if ok else None
+        if not (isinstance(data, dict) and isinstance(data.get("entries"), list)
+                and isinstance(data.get("command"), str)):
+            return None
+        for entry in data["entries"]:
+            problem = self.outside(entry)
+            if problem:
+                raise BildError(f"--out {str(self.path)!r}: its manifest {MANIFEST} lists {entry!r}, {problem}: the "
+                                "folder was not written by bild (or its manifest was edited); bild touches nothing "
+                                "in it: pick another folder, or delete it by hand")
+        return data
+
+    def outside(self, entry: Any) -> str | None:
+        """Why a manifest entry is not a plain file inside the folder, or None when it is."""
+        if not isinstance(entry, str) or not entry or "\\" in entry:
+            return "which is not a relative file path"
+        rel = PurePosixPath(entry)
+        if rel.is_absolute() or any(part in ("", ".", "..") for part in entry.split("/")) or entry == MANIFEST:
+            return "which is not a plain path inside it"
+        target = self.path / rel
+        if target.is_dir() and not target.is_symlink():
+            return "a folder (bild lists the files it wrote, never a folder)"
+        if target.parent.resolve() != _resolved(self.path) / rel.parent:
+            return "which lies behind a link out of the folder"
+        return None
 
     def open(self) -> None:
         """Create the folder; with `overwrite`, delete what the earlier run wrote (and only that)."""
         self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         if self.overwrite and self.manifest:
-            for entry in self.manifest["entries"]:
-                target = self.path / entry
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink(missing_ok=True)
+            listed = set(self.manifest["entries"])
+            for entry in tree_files(self.path):
+                if entry != MANIFEST and _owned(entry, listed):
+                    (self.path / entry).unlink()
+            for entry in sorted({str(PurePosixPath(e).parent) for e in listed} - {"."}, key=len, reverse=True):
+                for folder in (self.path / entry, *(self.path / entry).parents):  # the folders they leave empty
+                    if folder == self.path:
+                        break
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             self.manifest = None
         if self.manifest is None:
             self.manifest = {"command": self.command, "entries": []}
             self.save()
 
-    def wrote(self, *entries: str) -> None:
-        """Record top-level entries (files or folders) this command has written."""
-        new = [e for e in entries if e not in self.manifest["entries"]]
+    def wrote(self, *paths: str | Path) -> None:
+        """Record files this command writes (or is about to write): relative to the folder or inside it; a
+        folder stands for the files now in it."""
+        root = _resolved(self.path)
+        new: list[str] = []
+        for given in paths:
+            target = Path(given) if Path(given).is_absolute() else self.path / given
+            rel = _resolved(target.parent).relative_to(root) / target.name
+            if target.is_dir() and not target.is_symlink():
+                new += [(rel / f).as_posix() for f in tree_files(target)]
+            else:
+                new.append(rel.as_posix())
+        new = [e for e in dict.fromkeys(new) if e not in self.manifest["entries"]]
         if new:
             self.manifest["entries"] += new
             self.save()
@@ -208,3 +270,15 @@ class OutputFolder:
             (self.path / MANIFEST).unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # something else appeared in it meanwhile: leave it
                 self.path.rmdir()
+
+
+TEMPORARY = re.compile(r"^\.?(?P<name>.+?)(\.\d+)?\.tmp$")  # write_atomic's `.NAME.PID.tmp`, a shard's `NAME.tmp`
+
+
+def _owned(entry: str, listed: set[str]) -> bool:
+    """Whether a file is one the manifest lists, or the temporary file of one (a write cut off midway)."""
+    if entry in listed:
+        return True
+    rel = PurePosixPath(entry)
+    match = TEMPORARY.match(rel.name)
+    return bool(match) and (rel.parent / match["name"]).as_posix() in listed

@@ -3,18 +3,21 @@ table (Spec-Bench's) that `bench` prints and `compare` reprints from reports.
 
 Tables are plain text, columns aligned, the first `left` columns left-aligned and the rest
 right-aligned; a missing value is `-`. Figures are drawn with matplotlib's Agg backend and saved
-through one guard, so an unwritable path or an unknown suffix is one clear line. `flatten` turns
+through one guard, so an unwritable path or an unknown suffix is one clear line; each carries
+`PLOT_MARK` in its metadata, which is how the output rule knows a plot is bild's to replace. `flatten` turns
 nested dicts into one level of keys (W&B charts and setup comparisons both read that).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from bild.errors import BildError
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+PLOT_MARK = "bild: big-little-decoder"  # in every figure's metadata: only a plot bild wrote is ever replaced
 
 
 def fmt(value: Any, spec: str = "") -> str:
@@ -77,7 +80,8 @@ def figure(path: str, draw: Callable[[Any], None], size: tuple[float, float] = (
         for ax in axes[0]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(path, dpi=120)
+        key = {".png": "Software", ".pdf": "Creator", ".svg": "Creator"}[Path(path).suffix.lower()]
+        fig.savefig(path, dpi=120, metadata={key: PLOT_MARK})
     except (OSError, ValueError) as e:
         raise BildError(f"cannot write the plot to {path!r}: {getattr(e, 'strerror', None) or e}; "
                         f"use a {', '.join(PLOT_SUFFIXES)} path in a writable folder") from None
