@@ -10,14 +10,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = [
-    "BildError", "DraftStep", "GenerationConfig", "GenerationResult", "GenerationStats", "History", "ModelPair",
-    "Observer", "Outcome", "Policy", "Verdict", "Verification", "generate", "generate_single", "list_policies",
+    "BildError", "ContextLookup", "DraftSource", "DraftStep", "GenerationConfig", "GenerationResult",
+    "GenerationStats", "History", "LookupStep", "ModelPair", "Observer", "Outcome", "Policy", "Proposal",
+    "ProposalView", "Round", "Verdict", "Verification", "generate", "generate_single", "list_policies",
     "make_policy", "policy_class", "register_policy", "unregister_policy",
 ]
 _MODULES = {
     "bild.errors": ["BildError"], "bild.config": ["GenerationConfig"], "bild.pair": ["ModelPair"],
     "bild.engine": ["generate", "generate_single"], "bild.observer": ["Observer"],
-    "bild.policy": ["DraftStep", "History", "Outcome", "Policy", "Verdict", "Verification"],
+    "bild.policy": ["DraftStep", "History", "LookupStep", "Outcome", "Policy", "ProposalView", "Verdict",
+                    "Verification"],
+    "bild.schedule": ["Round"], "bild.sources": ["ContextLookup", "DraftSource", "Proposal"],
     "bild.stats": ["GenerationResult", "GenerationStats"],
     "bild.registry": ["list_policies", "make_policy", "policy_class", "register_policy", "unregister_policy"],
 }
@@ -29,8 +32,10 @@ if TYPE_CHECKING:
     from bild.errors import BildError
     from bild.observer import Observer
     from bild.pair import ModelPair
-    from bild.policy import DraftStep, History, Outcome, Policy, Verdict, Verification
+    from bild.policy import DraftStep, History, LookupStep, Outcome, Policy, ProposalView, Verdict, Verification
     from bild.registry import list_policies, make_policy, policy_class, register_policy, unregister_policy
+    from bild.schedule import Round
+    from bild.sources import ContextLookup, DraftSource, Proposal
     from bild.stats import GenerationResult, GenerationStats
 
 

@@ -7,6 +7,7 @@ that raised or returned the wrong type, naming the policy class and the hook).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -96,12 +97,44 @@ def checked_decision(policy: Policy, name: str, call: Callable[..., Any], *args:
     return bool(decision)
 
 
+def checked_proposal(source: Any, proposal: Any, room: int, vocab: int) -> None:
+    """A draft source's proposal: a list of token ids in the vocabulary, no longer than asked."""
+    name = type(source).__name__
+    tokens = getattr(proposal, "tokens", None)
+    if not isinstance(tokens, list) or not all(_index(t) is not None and not isinstance(t, bool) for t in tokens):
+        raise BildError(f"draft source {name} returned {proposal!r}: a Proposal's tokens must be a list of token ids")
+    if len(tokens) > room:
+        raise BildError(f"draft source {name} proposed {len(tokens)} tokens where {room} were asked for at most")
+    bad = next((t for t in tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise BildError(f"draft source {name} proposed token {bad}, outside the vocabulary of {vocab} tokens")
+
+
+def checked_take(policy: Policy, decision: Any, proposed: int) -> int:
+    """How many proposed tokens a policy's `lookup` takes: a whole number in 0..proposed."""
+    take = None if isinstance(decision, bool) else _index(decision)
+    if take is None or not 0 <= take <= proposed:
+        raise BildError(f"policy {type(policy).__name__}.lookup returned {decision!r} ({type(decision).__name__}); "
+                        f"it must return a whole number in 0..{proposed} (the proposed tokens to draft)")
+    return take
+
+
+def _index(value: Any) -> int | None:
+    """A whole number of any integral type (int, numpy's int64, ...) as an int; None for anything else."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def checked_rollback(policy: Policy, decision: Any, n: int, vocab: int) -> Verdict:
     where = f"policy {type(policy).__name__}.rollback"
     kept, correction = decision if isinstance(decision, Verdict) else (decision, None)
-    if isinstance(kept, bool) or not isinstance(kept, int) or not 0 <= kept <= n:
+    whole = None if isinstance(kept, (bool, torch.Tensor)) or type(kept).__name__ == "bool_" else _index(kept)
+    if whole is None or not 0 <= whole <= n:
         raise BildError(f"{where} returned {kept!r} ({type(kept).__name__}); it must return a whole number "
                         f"in 0..{n} (the drafts kept) or a Verdict")
+    kept = whole
     if correction is not None and (
             not isinstance(correction, torch.Tensor) or correction.shape != (vocab,)
             or not bool(torch.isfinite(correction).all()) or bool((correction < 0).any())

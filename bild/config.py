@@ -52,5 +52,6 @@ class GenerationConfig(BaseModel):
         return self.temperature == 0
 
     def draft_cap(self) -> int:
-        """The cap on consecutive drafts as a number (no cap: every new token may be a draft)."""
-        return self.max_draft_tokens or self.max_new_tokens
+        """The cap on consecutive drafts as a number: no more than the new tokens a generation makes (no cap: every
+        new token may be a draft; a cap of 100,000 means the same, and sizes nothing for 100,000)."""
+        return min(self.max_draft_tokens or self.max_new_tokens, self.max_new_tokens)

@@ -4,7 +4,9 @@
         start   encode the prompt; reset each model's long-lived runner (bild/forward.py)
         draft   the small model proposes tokens, one pass each, until the policy falls back (the
                 draft is discarded) or stops drafting (the draft is kept), the cap on consecutive
-                drafts is hit, the draft is EOS or max_new_tokens is reached
+                drafts is hit, the draft is EOS or max_new_tokens is reached. A policy with a
+                draft source (bild/sources.py: context lookup) is shown its proposal before each
+                small pass, and may draft proposed tokens instead (then they are verified)
         verify  the large model runs ONCE over every position it has not seen (its previous
                 token and the pending drafts); the policy's rollback says how many drafts
                 survive; the large model's token is appended after them (its argmax, or a draw
@@ -31,15 +33,26 @@ from typing import Any
 
 import torch
 
-from bild.checks import Prompt, as_config, as_policy, checked_decision, checked_rollback, encode_prompt, hook
+from bild.checks import (
+    Prompt,
+    as_config,
+    as_policy,
+    checked_decision,
+    checked_proposal,
+    checked_rollback,
+    checked_take,
+    encode_prompt,
+    hook,
+)
 from bild.config import GenerationConfig
 from bild.costs import CostModel
 from bild.decoder import Decoder
 from bild.errors import BildError
 from bild.observer import Observer, StatsRecorder
 from bild.pair import ModelPair
-from bild.policy import Context, DraftEnd, DraftStep, History, Outcome, Policy, Verification
+from bild.policy import Context, DraftEnd, DraftStep, History, LookupStep, Outcome, Policy, ProposalView, Verification
 from bild.sampling import Sampler
+from bild.schedule import Round, widest
 from bild.stats import GenerationResult
 from bild.stopping import Stopper
 
@@ -62,10 +75,14 @@ class Generation:
         # verification may feed (up to the cap, plus the large model's own token)
         capacity = len(self.seq) + config.max_new_tokens + self.cap + 1
         encoder_ids = self.prompt_ids if pair.encoder_decoder else None
-        # the longest pass each model makes: the small one catches up on its last draft and the large model's
-        # token (2); the large one verifies up to `cap` drafts after its own previous token (cap + 1)
-        most = {"small": 2, "large": self.cap + 1} if policy is not None else {m: 1 for m in models}
+        self.source = hook(policy, "draft_source", policy.draft_source) if policy is not None else None
+        if self.source is not None:
+            self.source.reset()
+        if policy is not None and not policy.uses_small:
+            models = tuple(m for m in models if m != "small")
+        most = widest(self.cap, self.source is not None) if policy is not None else {m: 1 for m in models}
         self.decoders = {m: Decoder(pair.runner(m, config.fast_path, most[m]), capacity, encoder_ids) for m in models}
+        self.rounds: list[Round] = []
         self.stopper = Stopper(pair.tokenizer, pair.eos_ids, config.max_new_tokens, config.stop_strings)
         self.sampler = Sampler(config, pair.device)
         self.history = History(self.seq, self.begin)
@@ -99,20 +116,25 @@ class Generation:
         stats.wall_seconds = time.perf_counter() - self.started
         text = self.stopper.trim_text(self.pair.tokenizer.decode(new, skip_special_tokens=True))
         result = GenerationResult(text=text, token_ids=new, prompt_tokens=len(self.prompt_ids),
-                                  stop_reason=self.stopper.reason, stats=stats)
+                                  stop_reason=self.stopper.reason, stats=stats, rounds=self.rounds)
         for observer in self.observers:
             observer.after_generation(result)
         return result
 
 
-def draft(g: Generation) -> tuple[list[DraftStep], DraftEnd]:
-    """Small-model passes until the policy falls back or a limit is hit: the drafts and why drafting ended."""
-    small, policy, steps = g.decoders["small"], g.policy, []
+def draft(g: Generation) -> tuple[list[DraftStep | LookupStep], DraftEnd]:
+    """Small-model passes (or a source's proposal) until the policy falls back or a limit is hit: the drafts and
+    why drafting ended."""
+    small, policy, steps = g.decoders.get("small"), g.policy, []
     while True:
         if len(steps) == g.cap:
             return steps, "cap"
         if g.new_tokens >= g.config.max_new_tokens:
             return steps, "length"
+        if g.source is not None and looked_up(g, steps):
+            return steps, "eos" if steps[-1].token in g.stopper.eos_ids else "lookup"
+        if small is None:  # a policy of source drafts only: no proposal taken, so the large model decodes
+            return steps, "stop"
         step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.context)
         fell_back = checked_decision(policy, "fallback", policy.fallback, step)
         hook(policy, "after_draft", policy.after_draft, g.state, step, fell_back)
@@ -128,7 +150,24 @@ def draft(g: Generation) -> tuple[list[DraftStep], DraftEnd]:
             return steps, "stop"
 
 
-def verify(g: Generation, steps: list[DraftStep], ended: DraftEnd) -> bool:
+def looked_up(g: Generation, steps: list[DraftStep | LookupStep]) -> bool:
+    """Show the source's proposal to the policy; draft the tokens it takes (up to an EOS). Whether it took any."""
+    room = min(g.cap - len(steps), g.config.max_new_tokens - g.new_tokens)
+    proposal = g.source.propose(g.seq, room)
+    if proposal is None or not proposal.tokens:
+        return False
+    checked_proposal(g.source, proposal, room, g.pair.vocab_size)
+    view = ProposalView(proposal, len(steps), g.new_tokens, room, g.context)
+    take = checked_take(g.policy, hook(g.policy, "lookup", g.policy.lookup, view), len(proposal.tokens))
+    for token in proposal.tokens[:take]:
+        steps.append(LookupStep(token, proposal.source, len(steps), g.new_tokens, g.pair.vocab_size, g.context))
+        g.seq.append(token)
+        if token in g.stopper.eos_ids:
+            break
+    return take > 0
+
+
+def verify(g: Generation, steps: list[DraftStep | LookupStep], ended: DraftEnd) -> bool:
     """One large-model pass over every unseen position, the rollback decision, the next token, the
     rewind; whether generation must stop."""
     n = len(steps)
@@ -145,7 +184,10 @@ def verify(g: Generation, steps: list[DraftStep], ended: DraftEnd) -> bool:
     g.seq.append(token)
     for decoder in g.decoders.values():
         decoder.rewind(len(g.seq) - 1)
-    outcome = Outcome(n, kept, ended)
+    if g.source is not None:
+        g.source.rewind(len(g.seq) - 1)
+    outcome = Outcome(n, kept, ended, sum(isinstance(s, LookupStep) for s in steps))
+    g.rounds.append(outcome.round)
     g.history.record(outcome)
     hook(g.policy, "after_verification", g.policy.after_verification, g.state, verification, outcome)
     for observer in g.observers:

@@ -45,6 +45,8 @@ class StatsRecorder(Observer):
         s.draft_tokens += outcome.drafted
         s.accepted_draft_tokens += outcome.kept
         s.forced_verifications += outcome.ended == "cap"
+        s.lookup_drafts += outcome.looked_up
+        s.lookup_accepted += max(0, outcome.kept - (outcome.drafted - outcome.looked_up))  # sources draft last
         s.record_round(outcome.drafted, outcome.kept)
         if outcome.kept < outcome.drafted:
             s.rollbacks += 1

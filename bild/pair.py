@@ -1,14 +1,17 @@
 """The model pair: a small and a large model that share one tokenizer.
 
-`ModelPair.from_pretrained(small, large)` loads any Hugging Face pair by hub id or local
-directory, decoder-only (`AutoModelForCausalLM`) or encoder-decoder
-(`AutoModelForSeq2SeqLM`), chosen from the config. Before anything runs it checks that the
-pair can be compared token for token: both tokenizers map the same strings to the same ids,
-both models emit logits over that vocabulary (output widths may differ by padding; the engine
-compares the common prefix) and encoder-decoders start decoding from the same token.
+`ModelPair.from_pretrained(small, large)` loads any Hugging Face pair by hub id, local
+directory or GGUF file (dequantized once into a cached folder, bild/gguf.py), decoder-only
+(`AutoModelForCausalLM`) or encoder-decoder (`AutoModelForSeq2SeqLM`), chosen from the config.
+Before anything runs it checks that the pair can be compared token for token: both tokenizers
+map the same strings to the same ids, both models emit logits over that vocabulary (output
+widths may differ by padding; the engine compares the common prefix) and encoder-decoders
+start decoding from the same token.
 
-Device defaults to CUDA when available, else CPU; dtype defaults to float32 on CPU and
-bfloat16 (float16 where unsupported) on CUDA. A `Placement` puts one model elsewhere: on a device
+Device defaults to CUDA when available, else CPU; dtype defaults to bfloat16 (float16 where
+unsupported) on CUDA, and on a CPU to float32, or for a model of 100M parameters or more to
+whichever of float32 and bfloat16 decodes it faster on this machine (measured once per machine
+and shape, bild/precision.py; `dtype_choice` says which and why). A `Placement` puts one model elsewhere: on a device
 of its own, spread over devices by accelerate's big-model inference (`device_map`, `max_memory`,
 layers offloaded to disk), or split by transformers' tensor-parallel plan over the ranks of a
 `torchrun` launch. The engine moves only token ids between the two models, so each may live
@@ -39,7 +42,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from bild import forward
+from bild import forward, gguf, precision
 from bild.costs import CostModel
 from bild.errors import BildError
 
@@ -106,7 +109,10 @@ def hub_reachable() -> bool:
 
 
 def source(name: str) -> tuple[str, dict]:
-    """Where to load `name` from: a local path, or a hub id (from the local cache only when offline)."""
+    """Where to load `name` from: a local path (a GGUF file's converted folder), or a hub id (from the local
+    cache only when offline)."""
+    if gguf.is_gguf(name):
+        return str(gguf.folder_for(name)), {}
     if _looks_local(name) or Path(name).exists():
         path = Path(name).expanduser()
         if not path.exists():
@@ -255,6 +261,8 @@ class ModelPair:
     small_name: str = "small"
     large_name: str = "large"
     cost_model: CostModel | None = None  # what `generate` prices passes with unless given `costs=` (else a prior)
+    origins: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model made from a GGUF file: that file
+    dtype_choice: dict[str, Any] = field(default_factory=dict)  # how the dtype was chosen (bild/precision.py)
     _runners: dict[tuple[str, str], forward.Runner] = field(default_factory=dict, repr=False)
     _paths: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)  # (model, asked) -> fast path
 
@@ -351,6 +359,18 @@ class ModelPair:
             check_tokenizers(tok_small, tok_large)
         small_dev = resolve_device(small_placement.device) if small_placement and small_placement.device else dev
         large_dev = resolve_device(large_placement.device) if large_placement and large_placement.device else dev
+        measure = dtype is None and small_dev.type == large_dev.type == "cpu" and not (
+            large_placement and (large_placement.device_map or large_placement.tensor_parallel))
+        chosen = precision.cached_choice(large_config, large_dev) if measure else None
+        dt = DTYPES[chosen["dtype"]] if chosen else dt
         small_model = load_model(small, small_config, small_dev, dt, small_placement)
         large_model = load_model(large, large_config, large_dev, dt, large_placement)
-        return cls(small_model, large_model, tok_large or tok_small, small_name=small, large_name=large)
+        if measure and chosen is None and precision.parameters(large_model) >= precision.MEASURED_FROM:
+            chosen = precision.choose_cpu_dtype(large_model)
+            if chosen["dtype"] == "bfloat16":
+                small_model, large_model = small_model.to(torch.bfloat16), large_model.to(torch.bfloat16)
+        choice = chosen or {"dtype": str(dt).removeprefix("torch."), "by": "given" if dtype else "default"}
+        named = {"small": small, "large": large}
+        origins = {which: gguf.origin(name) for which, name in named.items() if gguf.is_gguf(name)}
+        return cls(small_model, large_model, tok_large or tok_small, small_name=small, large_name=large,
+                   origins=origins, dtype_choice=choice)

@@ -39,22 +39,31 @@ from pydantic import BaseModel, ConfigDict
 from bild.costs import CostModel
 from bild.forward import Pass
 from bild.sampling import Sampler
+from bild.schedule import Round
+from bild.sources import DraftSource, Proposal
 
-DraftEnd = Literal["fallback", "stop", "cap", "eos", "length"]  # why drafting ended (not why generation did)
+DraftEnd = Literal["fallback", "stop", "cap", "eos", "length", "lookup"]  # why drafting ended (not generation)
 
 
 class Outcome(NamedTuple):
     """How one verification ended: `kept` of `drafted` drafts survived; `ended` says why drafting had ended
-    (the policy fell back or stopped drafting, the cap, a drafted EOS, or max_new_tokens)."""
+    (the policy fell back or stopped drafting, the cap, a drafted EOS, max_new_tokens, or it drafted a source's
+    proposal); `looked_up` of the drafts came from a draft source (after the small model's)."""
 
     drafted: int
     kept: int
     ended: DraftEnd
+    looked_up: int = 0
 
     @property
     def reason(self) -> DraftEnd:
         """Deprecated name of `ended`."""
         return self.ended
+
+    @property
+    def round(self) -> Round:
+        """The round this verification closed, as schedules and the oracle count it."""
+        return Round(self.drafted, self.kept, self.ended == "fallback", self.looked_up)
 
 
 @dataclass
@@ -154,6 +163,37 @@ class DraftStep(View):
         return self.argmax if self.sampler.greedy else self.sampler.pick(self.logits, self.sampling_probs)
 
 
+class LookupStep(View):
+    """A draft a source proposed (no small-model pass): its token and where it came from. Under sampling it is a
+    one-hot proposal, so the acceptance rule keeps it with the large model's probability of it (lossless)."""
+
+    def __init__(self, token: int, source: str, pending: int, position: int, vocab: int, context: Context) -> None:
+        super().__init__(context)
+        self.token, self.source, self.pending, self.position, self.vocab = token, source, pending, position, vocab
+
+    @cached_property
+    def sampling_probs(self) -> torch.Tensor:  # [V]
+        """The proposal as a distribution: all its mass on the token."""
+        probs = torch.zeros(self.vocab)
+        probs[self.token] = 1.0
+        return probs
+
+    @cached_property
+    def logits(self) -> torch.Tensor:  # [V]
+        return torch.log(self.sampling_probs)
+
+
+class ProposalView(View):
+    """A draft source's proposal before a small-model pass: what the policy's `lookup` decides on."""
+
+    def __init__(self, proposal: Proposal, pending: int, position: int, room: int, context: Context) -> None:
+        super().__init__(context)
+        self.tokens, self.source, self.match = proposal
+        self.pending = pending  # drafts since the large model last ran
+        self.position = position  # new tokens so far, pending drafts included
+        self.room = room  # how many drafts the cap and max_new_tokens still allow (the proposal is no longer)
+
+
 class Verdict(NamedTuple):
     """A rollback decision: `kept` drafts survive; the next token is drawn from `correction`
     (a distribution over the vocabulary) or, when None, is the large model's own token."""
@@ -165,10 +205,10 @@ class Verdict(NamedTuple):
 class Verification(View):
     """The pending drafts and the large model's predictions at each of their positions."""
 
-    def __init__(self, steps: list[DraftStep], out: Pass, position: int, context: Context) -> None:
+    def __init__(self, steps: list[DraftStep | LookupStep], out: Pass, position: int, context: Context) -> None:
         super().__init__(context)
-        self.steps = steps  # the n draft steps, in order
-        self.draft_tokens = [s.token for s in steps]  # [n] tokens the small model drafted
+        self.steps = steps  # the n draft steps, in order (`LookupStep`s, from a draft source, after the small's)
+        self.draft_tokens = [s.token for s in steps]  # [n] tokens drafted
         self.out = out  # rows 0..n of the large model's pass: row i predicts draft i, row n the next token
         self.position = position  # new tokens before the first draft
 
@@ -196,13 +236,14 @@ class Verification(View):
 
     @cached_property
     def draft_logits(self) -> torch.Tensor:  # [n, V]
-        """The drafts' logits, on the large model's output device (the small model may live elsewhere)."""
-        return torch.stack([s.logits for s in self.steps]).to(self.large_logits.device)
+        """The drafts' logits, on the large model's output device (the small model may live elsewhere; a source's
+        draft is one-hot: 0 at its token, -inf elsewhere)."""
+        return torch.stack([s.logits.to(self.large_logits.device) for s in self.steps])
 
     @cached_property
     def draft_probs(self) -> torch.Tensor:  # [n, V]
         """The distributions the drafts were drawn from (sampling only), on the large model's output device."""
-        return torch.stack([s.sampling_probs for s in self.steps]).to(self.large_logits.device)
+        return torch.stack([s.sampling_probs.to(self.large_logits.device) for s in self.steps])
 
     @cached_property
     def large_probs(self) -> torch.Tensor:  # [n + 1, V]
@@ -233,10 +274,21 @@ class Policy(BaseModel, ABC):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     name: ClassVar[str] = ""  # set by the registry's decorator
+    uses_small: ClassVar[bool] = True  # False: drafts only from `draft_source`; the small model never runs
 
     @abstractmethod
     def fallback(self, step: DraftStep) -> bool:
         """True to discard this draft and let the large model produce the next token."""
+
+    def draft_source(self) -> DraftSource | None:
+        """Where this policy takes drafts from besides the small model (None: the small model only). Asked once
+        per generation; the engine then shows each of its proposals to `lookup` before a small-model pass."""
+        return None
+
+    def lookup(self, proposal: ProposalView) -> int:
+        """How many of a draft source's proposed tokens (`proposal.tokens`, at most `proposal.room`) to draft,
+        in place of the small model's next pass (0: none). Taking any ends drafting: they are verified next."""
+        return 0
 
     def stop_drafting(self, step: DraftStep) -> bool:
         """Asked after a draft is kept: True to verify the pending drafts now, this one included.
@@ -274,4 +326,5 @@ class Policy(BaseModel, ABC):
         return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
 
     def params(self) -> dict[str, Any]:
-        return self.model_dump()
+        """The parameters as JSON values (a path as its text), what reports and studies record."""
+        return self.model_dump(mode="json")

@@ -19,6 +19,7 @@ the tuner derives its search space from them (`ge`/`le` bounds are closed, `gt`/
 
 from __future__ import annotations
 
+import logging
 import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -33,6 +34,8 @@ from bild.policy import Policy
 ENTRY_POINT_GROUP = "bild.policies"
 
 _REGISTRY: dict[str, type[Policy]] = {}
+_BROKEN: dict[str, str] = {}  # entry points that failed to import, and why (said once)
+log = logging.getLogger("bild")
 
 
 def register_policy(name: str) -> Callable[[type[Policy]], type[Policy]]:
@@ -80,10 +83,15 @@ def policy_class(name: str) -> type[Policy]:
 
 
 def list_policies() -> dict[str, type[Policy]]:
-    """Every policy, built-in and from entry points, by name."""
+    """Every policy, built-in and from entry points, by name. One entry point that fails to import is left out
+    with one warning (naming it), not allowed to hide every other policy."""
     for name, ep in _entry_points().items():
-        if name not in _REGISTRY:
-            _load_entry_point(name, ep)
+        if name not in _REGISTRY and name not in _BROKEN:
+            try:
+                _load_entry_point(name, ep)
+            except BildError as e:
+                _BROKEN[name] = str(e)
+                log.warning("bild: %s; it is left out", e)
     return dict(sorted(_REGISTRY.items()))
 
 

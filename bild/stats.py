@@ -63,6 +63,8 @@ class GenerationStats(BaseModel):
     accepted_draft_tokens: int = 0  # of those, kept after verification
     fallbacks: int = 0  # the policy handed control to the large model
     forced_verifications: int = 0  # the cap on consecutive drafts was hit
+    lookup_drafts: int = 0  # of the drafts, those a draft source proposed (context lookup)
+    lookup_accepted: int = 0  # of those, kept after verification
     rollbacks: int = 0  # verifications that discarded at least one draft
     rolled_back_tokens: int = 0
     judged_by_position: list[int] = []  # [i]: drafts at position i + 1 of a round that the large model judged
@@ -121,3 +123,4 @@ class GenerationResult(BaseModel):
     prompt_tokens: int
     stop_reason: str  # "eos", "max_new_tokens" or "stop_string"
     stats: GenerationStats
+    rounds: list[tuple[int, int, bool, int]] = []  # bild.schedule.Round per verification: the schedule that ran

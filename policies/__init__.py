@@ -1,4 +1,4 @@
-"""The built-in policies (`bild`, `exact`, `entropy`, `topk-margin`, `learned`, `adaptive`).
+"""The built-in policies (`bild`, `exact`, `entropy`, `topk-margin`, `learned`, `adaptive`, `pld`).
 
 Importing this package registers them; the core finds them without importing it, through the
 `bild.policies` entry points declared in pyproject.toml, like any third-party policy. The
@@ -13,7 +13,7 @@ from bild.registry import (
     register_policy,
     unregister_policy,
 )
-from policies import adaptive, bild, exact, learned, uncertainty  # noqa: F401  (registers the built-ins)
+from policies import adaptive, bild, exact, learned, pld, uncertainty  # noqa: F401  (registers the built-ins)
 
 __all__ = ["ENTRY_POINT_GROUP", "list_policies", "make_policy", "policy_class", "register_policy",
            "unregister_policy"]

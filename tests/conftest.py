@@ -37,7 +37,8 @@ def cheap_costs(folder: Path) -> str:
 
     path = Path(folder) / "cheap-costs.json"
     CostModel(small=PassCosts(passes=[0.6, 0.6], prefill=(0.6, 0.01)),
-              large=PassCosts(passes=[12.0] * 16, prefill=(12.0, 0.1))).save(path)
+              large=PassCosts(passes=[12.0] * 16, prefill=(12.0, 0.1)),
+              identity={"fast_path": "off"}).save(path)  # what it prices: the tiny pairs' path on a CPU
     return str(path)
 
 

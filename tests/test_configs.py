@@ -53,7 +53,8 @@ def test_every_config_runs_from_a_fresh_clone(fresh_clone, path):
     config = yaml.safe_load(path.read_text())
     extra = ["--set", "trials=2", "--set", "confirm=1"] if config["command"] == "tune" else []
     if config.get("pair") != "local":
-        small, large = stand_ins["chat" if "Instruct" in str(config.get("large")) else "t5"]
+        chat = "Instruct" in str(config.get("large")) or config.get("pair") == "qwen-coder"
+        small, large = stand_ins["chat" if chat else "t5"]
         extra += ["--set", "pair=null", "--set", f"small={small}", "--set", f"large={large}", "--set",
                   f"data_dir={copies}"]
     run = subprocess.run([sys.executable, "-m", "bild.cli", "run", f"experiments/{path.name}", "--set", "n=2", "--set",

@@ -36,7 +36,7 @@ def setup(pair_dirs, tmp_path_factory):
     small, large = map(str, pair_dirs("llama", 1))
     bench = ["bench", "--small", small, "--large", large, "--prompts", str(prompts), "--methods",
              "large,exact,bild@fallback_threshold=0.3", "--max-new-tokens", "10", "--wandb-mode", "disabled",
-             "--cost-model", cheap_costs(root)]
+             "--cost-model", cheap_costs(root), "--force-cost-model"]
     return {"root": root, "bench": bench, "small": small, "large": large}
 
 
@@ -60,6 +60,8 @@ def test_two_ranks_bench_what_one_process_does_and_resume_their_own_shard(setup)
         assert a["stats"]["large"]["passes"] == b["stats"]["large"]["passes"]
     assert one["oracle"]["modelled_speedup"] == pytest.approx(two["oracle"]["modelled_speedup"])
     assert set(two["categories"]) == {"even", "odd", "overall"}
+    for key in ("chat", "system", "repeats", "schema", "policy_code", "generation"):  # compare sees one setup
+        assert two["setup"][key] == one["setup"][key], key
 
     # rank 1 "killed" after two of its three prompts: a rerun measures only what its shard lacks
     shard = root / "two.rank-1-of-2.samples.jsonl"

@@ -56,7 +56,7 @@ def test_the_installed_package_registers_runs_and_tunes(installed, load_pair, tm
     assert generate(pair, "def add(", strict, cfg).token_ids == generate_single(pair, "def add(", "large",
                                                                                  cfg).token_ids
     options = TuneOptions(policy="top2-gap", trials=2, study="guide", storage=f"sqlite:///{tmp_path}/t.db",
-                          cost_model=cheap_costs(tmp_path), space={"min_ratio": "1:1.2"},
+                          cost_model=cheap_costs(tmp_path), force_cost_model=True, space={"min_ratio": "1:1.2"},
                           metric="agreement", sampler_seed=0, generation=cfg, out_dir=str(tmp_path), confirm=0)
     report = run_tune(options, pair, [Example(id="0", prompt="def add("), Example(id="1", prompt="for i in")],
                       WandbLogger("disabled"), setup={})
@@ -85,7 +85,7 @@ def test_every_python_block_of_the_guide_runs_and_its_policy_generates_benches_a
         row = report["methods"]["running-confidence"]
         assert row["exact_match_with_large"] == 1.0 and row["stats"]["mean_accepted_tokens"] >= 1.0
         options = TuneOptions(policy="running-confidence", trials=2, study="guide-state",
-                              cost_model=cheap_costs(tmp_path), space={"margin": "0.8:1"},
+                              cost_model=cheap_costs(tmp_path), force_cost_model=True, space={"margin": "0.8:1"},
                               storage=f"sqlite:///{tmp_path}/t.db", metric="agreement", sampler_seed=0, generation=cfg,
                               out_dir=str(tmp_path), confirm=0)
         tuned = run_tune(options, pair, examples[:2], WandbLogger("disabled"), setup={})

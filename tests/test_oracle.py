@@ -14,7 +14,6 @@ from bild.costs import CostModel, PassCosts
 from bild.lab.bench import run_bench
 from bild.lab.measure import parse_methods
 from bild.lab.oracle import (
-    Round,
     accepted_runs,
     closed_form,
     fixed_rounds,
@@ -25,6 +24,7 @@ from bild.lab.oracle import (
     teacher_forced,
 )
 from bild.lab.tasks import Example
+from bild.schedule import Round
 from policies import make_policy
 
 from conftest import PROMPTS

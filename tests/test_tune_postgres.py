@@ -108,7 +108,7 @@ def wait_for_a_fresh_trial(url: str, timeout: float = 180) -> None:
             continue
         now = datetime.now()
         if study.get_trials(states=FINISHED) and any(
-                t.params and (now - t.datetime_start).total_seconds() < 1.0
+                t.user_attrs.get("params_key") and (now - t.datetime_start).total_seconds() < 1.0
                 for t in study.get_trials(states=(TrialState.RUNNING,))):
             return
         time.sleep(0.05)

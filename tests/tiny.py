@@ -155,6 +155,13 @@ def build_task_copies(root: Path) -> Path:
     parquet({"prompt": [["Write a haiku.", "Now make it rhyme."], ["What is 2 + 2?", "And 3 + 3?"]],
              "prompt_id": [11, 12], "category": ["writing", "math"], "reference": [[], ["4", "6"]]},
             root / "mt-bench" / "data" / "train-00000-of-00001.parquet")
+    (root / "humaneval").mkdir()
+    import gzip
+
+    (root / "humaneval" / "HumanEval.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(row) + "\n" for row in [
+        {"task_id": "HumanEval/0", "prompt": "def add(a, b):\n    \"\"\"Add them.\"\"\"\n",
+         "canonical_solution": "    return a + b\n", "entry_point": "add",
+         "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n"}]).encode()))
     (root / "spec-bench").mkdir()
     (root / "spec-bench" / "question.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
         {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter, please."]},
@@ -172,3 +179,47 @@ def build_chat_pair(root: Path, seed: int = 5) -> tuple[Path, Path]:
     tokenizer = build_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     return build_pair(root, "llama", seed, positions=1024, tokenizer=tokenizer)
+
+
+# --- GGUF files, as llama.cpp's converter writes them -----------------------------------------------
+
+
+def write_gguf(folder: Path, out: Path) -> Path:
+    """A tiny Qwen2 folder written as a float32 GGUF file (tensors under llama.cpp's names, the tokenizer as
+    `gpt2` BPE tokens and merges): what `from_pretrained(..., gguf_file=...)` reads back."""
+    import gguf
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    model, tokenizer = Qwen2ForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    config = model.config
+    writer = gguf.GGUFWriter(str(out), "qwen2")
+    writer.add_name(folder.name)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab] + [f"[PAD{i}]" for i in range(config.vocab_size - len(vocab))]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in tokenizer.all_special_tokens or t.startswith("[PAD") else 1 for t in tokens])
+    writer.add_token_scores([0.0] * len(tokens))
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    writer.add_bos_token_id(tokenizer.eos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        writer.add_tensor(names.get_name(name, try_suffixes=(".weight", ".bias")), tensor.float().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

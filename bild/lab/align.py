@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.chat import ChatMode, conversations
 from bild.lab.corpus import hash_fraction
 from bild.lab.options import AlignOptions
 from bild.lab.outputs import OutputFolder
@@ -100,10 +101,20 @@ def teacher(pair: ModelPair, prompts: list[list[int]], tails: list[list[int]], k
     return found
 
 
+def prompt_ids(pair: ModelPair, examples: list[Example], chat: ChatMode = "auto", system: str | None = None
+               ) -> dict[str, list[int]]:
+    """Each example's first prompt as bench renders it (bild/lab/chat.py), its last `PROMPT_TOKENS` tokens."""
+    return {talk.example.id: talk.first[-PROMPT_TOKENS:]
+            for talk in conversations(pair, examples, chat, system, max_new_tokens=None)}
+
+
 def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length: int, source: str, k: int,
-               progress: bool = True, record: Callable[[Path], None] = lambda path: None) -> list[dict[str, Any]]:
+               progress: bool = True, record: Callable[[Path], None] = lambda path: None,
+               prompts: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
     """The calibration set, from the cached shards plus the prompts they do not cover yet; `record` is told of
-    each shard before it is written (the output folder's manifest)."""
+    each shard before it is written (the output folder's manifest); `prompts`: each example's ids (default: as
+    `prompt_ids` renders them)."""
+    prompts = prompts or prompt_ids(pair, examples)
     data_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for shard in sorted(data_dir.glob("shard-*.pt")):
@@ -119,15 +130,16 @@ def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length:
         chunk, shard_records = todo[start: start + SHARD], []
         for b in range(0, len(chunk), BATCH):
             batch = chunk[b: b + BATCH]
-            prompts = [pair.tokenizer(e.prompt)["input_ids"][-PROMPT_TOKENS:] for e in batch]
+            batch_ids = [prompts[e.id] for e in batch]
             kinds = [source if source != "mix" else ("large", "small")[(start + b + i) % 2] for i in range(len(batch))]
             tails: list[list[int]] = [[] for _ in batch]
             for kind in set(kinds):
                 index = [i for i, k_ in enumerate(kinds) if k_ == kind]
-                for i, tail in zip(index, continuations(pair, [prompts[i] for i in index], length, kind), strict=True):
+                for i, tail in zip(index, continuations(pair, [batch_ids[i] for i in index], length, kind),
+                                   strict=True):
                     tails[i] = tail
-            for e, p, t, kind, (top_ids, top_logp) in zip(batch, prompts, tails, kinds,
-                                                          teacher(pair, prompts, tails, k), strict=True):
+            for e, p, t, kind, (top_ids, top_logp) in zip(batch, batch_ids, tails, kinds,
+                                                          teacher(pair, batch_ids, tails, k), strict=True):
                 shard_records.append({"id": e.id, "kind": kind, "ids": torch.tensor(p + t, dtype=torch.int32),
                                       "start": len(p), "top_ids": top_ids, "top_logp": top_logp})
             bar.update(len(batch))
@@ -390,7 +402,8 @@ def excluded(examples: list[Example], exclude: list[Example]) -> list[Example]:
     return [e for e in examples if e.prompt not in texts and e.id not in ids]
 
 
-def small_quality(pair: ModelPair, examples: list[Example], length: int) -> float | None:
+def small_quality(pair: ModelPair, examples: list[Example], length: int, prompts: dict[str, list[int]]
+                  ) -> float | None:
     """chrF of the small model's greedy continuations against the references."""
     from bild.lab.metrics import chrf
 
@@ -399,8 +412,7 @@ def small_quality(pair: ModelPair, examples: list[Example], length: int) -> floa
         return None
     texts = []
     for b in range(0, len(examples), BATCH):
-        prompts = [pair.tokenizer(e.prompt)["input_ids"][-PROMPT_TOKENS:] for e in examples[b: b + BATCH]]
-        ids, mask = left_padded(pair, prompts)
+        ids, mask = left_padded(pair, [prompts[e.id] for e in examples[b: b + BATCH]])
         with torch.inference_mode():
             out = pair.small.generate(ids, attention_mask=mask, max_new_tokens=length, do_sample=False,
                                       pad_token_id=pair.pad_id)
@@ -408,16 +420,18 @@ def small_quality(pair: ModelPair, examples: list[Example], length: int) -> floa
     return chrf(texts, refs)
 
 
-def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Example], length: int) -> dict[str, Any]:
+def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Example], length: int,
+             prompts: dict[str, list[int]]) -> dict[str, Any]:
     agreement, run = agreement_runs(pair.small, records, pair.vocab_size, pair.device)
     return {"agreement": agreement, "expected_accepted_run": run,
-            "small_chrf": small_quality(pair, examples, length)}
+            "small_chrf": small_quality(pair, examples, length, prompts)}
 
 
 def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFolder, minutes: float | Stopping,
           loss: str = "ce", data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4,
           batch_size: int = 32, exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False,
-          overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+          overwrite: bool = False, progress: bool = True, chat: ChatMode = "auto", system: str | None = None
+          ) -> dict[str, Any]:
     """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json.
 
     OUT follows bild/lab/outputs.py's rule: a new or empty folder, or one an earlier `bild align`
@@ -429,30 +443,33 @@ def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFold
     if len(examples) < 10:
         raise BildError(f"{len(examples)} prompts are left for the calibration set: give at least 10")
     stopping = minutes if isinstance(minutes, Stopping) else Stopping(seconds=60 * minutes)
+    prompts = prompt_ids(pair, [*examples, *evaluation], chat, system)  # every prompt renders before OUT opens
     folder.open()
     try:
         return fine_tune(pair, examples, folder, stopping, loss, data, length, top_k, lr, batch_size, len(exclude),
-                         list(evaluation), bool(folder.manifest["entries"]), progress)
+                         list(evaluation), bool(folder.manifest["entries"]), progress, prompts)
     finally:
         folder.close_unused()
 
 
 def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, stopping: Stopping, loss: str,
               data: str, length: int, top_k: int, lr: float, batch_size: int, excluded_count: int,
-              evaluation: list[Example], resume: bool, progress: bool) -> dict[str, Any]:
+              evaluation: list[Example], resume: bool, progress: bool, prompts: dict[str, list[int]]
+              ) -> dict[str, Any]:
     out = folder.path
     keep_settings(folder, {"data": data, "max_new_tokens": length, "teacher_top_k": top_k,
-                           "prompts": prompts_hash(examples), "eval": prompts_hash(evaluation)}, resume)
+                           "prompts": prompts_hash(examples, prompts), "eval": prompts_hash(evaluation, prompts)},
+                  resume)
     started = time.monotonic()
-    records = build_data(pair, examples, out / "data", length, data, top_k, progress, folder.wrote)
+    records = build_data(pair, examples, out / "data", length, data, top_k, progress, folder.wrote, prompts)
     data_seconds = time.monotonic() - started
     dev, train_records = dev_split(records)
     heldout: list[dict[str, Any]] = []
     before = None
     if evaluation:
         heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress,
-                             folder.wrote)
-        before = evaluate(pair, heldout, evaluation, length)
+                             folder.wrote, prompts)
+        before = evaluate(pair, heldout, evaluation, length, prompts)
     report = train(pair.small, train_records, dev, pair.vocab_size, loss, stopping, out / "work", lr, batch_size,
                    resume, progress, folder.wrote)
     present = {p.name for p in out.iterdir()}
@@ -465,14 +482,15 @@ def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, st
                "dev_prompts": len(dev), "train_prompts": len(train_records)}
     if evaluation:
         summary["eval"] = {"prompts": len(evaluation), "before": before,
-                           "after": evaluate(pair, heldout, evaluation, length)}
+                           "after": evaluate(pair, heldout, evaluation, length, prompts)}
     write_atomic(out / "align.json", json.dumps(summary, indent=2) + "\n")
     curve_plot(summary, out / "align-curve.png")
     return summary
 
 
-def prompts_hash(examples: list[Example]) -> str:
-    return hashlib.sha256(json.dumps([[e.id, e.prompt] for e in examples]).encode()).hexdigest()[:16]
+def prompts_hash(examples: list[Example], prompts: dict[str, list[int]]) -> str:
+    """What a calibration set's prompts were: their ids and rendered token ids."""
+    return hashlib.sha256(json.dumps([[e.id, prompts[e.id]] for e in examples]).encode()).hexdigest()[:16]
 
 
 def keep_settings(folder: OutputFolder, settings: dict[str, Any], resume: bool) -> None:
@@ -526,7 +544,7 @@ def run_align(options: AlignOptions) -> dict[str, Any]:
     stopping = Stopping(60 * options.minutes, options.patience, options.max_epochs, options.eval_every)
     summary = align(load_pair(options), examples, folder, stopping, options.loss, options.data,
                     options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
-                    evaluation)
+                    evaluation, chat=options.chat, system=options.system)
     for line in report_lines(summary, options.out):
         print(line)
     return summary

@@ -17,20 +17,48 @@ from bild.errors import BildError
 from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
 from bild.lab.measure import Measurement, Method, Results, by_category, measure, peak_memory, priced_by, summarize
-from bild.lab.oracle import limit, teacher_forced
+from bild.lab.oracle import limit, teach
 from bild.lab.render import category_table, figure, fmt, table
 from bild.lab.report import ReportWriter
+from bild.lab.sandbox import check_answers
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.stats import GenerationStats
 
 log = logging.getLogger("bild")
 SCHEMA = "bild-bench/2"  # 1: flat small_*/large_* statistics, no anchors or fast paths per method
+FIT_TOLERANCE = 0.15  # a modelled speedup further than this from the measured one is flagged
 
 
-def notes_for(rows: dict[str, dict[str, Any]], dtype: str) -> list[str]:
-    """What a reader of the table must know: missing anchors, precision, engine overhead."""
+def fit_cause(name: str, row: dict[str, Any], costs: CostModel) -> str:
+    """The likely reason a method's modelled speedup is far from its measured one."""
+    load = row.get("load") or {}
+    if load.get("busy"):
+        return f"the machine was busy while it ran (other processes took {100 * load['others_cpu']:.0f}% of the CPU)"
+    if costs.noise.get("problems"):
+        return f"the cost model's calibration was noisy ({costs.noise['problems'][0]})"
+    if name.split("@")[0] == "hf-assisted":
+        return "transformers' own per-round work, which the cost model (this engine's passes) leaves out"
+    return (f"the cost model was measured under other conditions ({costs.source or 'a file'}, "
+            f"{costs.created or 'undated'})")
+
+
+def notes_for(rows: dict[str, dict[str, Any]], dtype: str, costs: CostModel | None = None) -> list[str]:
+    """What a reader of the table must know: missing anchors, precision, engine overhead, modelled figures that do
+    not describe their run, a busy machine."""
     notes = []
+    flagged = [name for name, r in rows.items() if (r.get("model_fit") or {}).get("flagged")]
+    for name in flagged:
+        fit = rows[name]["model_fit"]
+        notes.append(f"{name}: modelled {rows[name]['modelled_speedup_vs_large']:.2f}x vs measured "
+                     f"{rows[name]['speedup_vs_large']:.2f}x ({100 * (fit['ratio'] - 1):+.0f}%, beyond "
+                     f"{100 * fit['tolerance']:.0f}%): likely {fit_cause(name, rows[name], costs)}; its modelled "
+                     "figures and efficiency (marked ?) do not describe this run: rerun with --recalibrate on a "
+                     "quiet machine")
+    busy = [name for name, r in rows.items() if (r.get("load") or {}).get("busy")]
+    if busy:
+        notes.append(f"measured while other processes took more than a quarter of the CPU: {', '.join(busy)} "
+                     "(their times are slower than this machine's)")
     unanchored = [name for name, r in rows.items() if r["anchor"] is None]
     if unanchored:
         notes.append(f"no `large` ran on the fast path of {', '.join(unanchored)}: their speedups and exact match "
@@ -54,7 +82,8 @@ def restore(records: list[dict[str, Any]]) -> Results:
         stats = GenerationStats(**r["stats"]) if r.get("stats") else None
         results.setdefault(r["method"], []).append(Measurement(
             id=r["id"], method=r["method"], seconds=r["seconds"], tokens=r["token_ids"], text=r["text"], stats=stats,
-            rounds=r.get("rounds"), turns=r.get("turns") or [len(r["token_ids"])], teacher=r.get("teacher")))
+            rounds=r.get("rounds"), turns=r.get("turns") or [len(r["token_ids"])], teacher=r.get("teacher"),
+            tests=r.get("tests")))
     return results
 
 
@@ -69,16 +98,6 @@ def oracle_anchor(methods: list[Method], results: Results, costs: CostModel | No
     return next((m.name for m in methods if m.baseline == "large" and priced_by(costs, results[m.name])), None)
 
 
-def teach(pair: ModelPair, anchor: Measurement) -> None:
-    """Teacher-force the small model along the anchor's output, one pass per turn, for the oracle."""
-    anchor.teacher, start = [], 0
-    for ids, count in zip(anchor.prompts, anchor.turns, strict=True):
-        matches, probs = teacher_forced(pair, ids, anchor.tokens[start: start + count])
-        anchor.teacher.append({"matches": matches, "max_prob": probs,
-                               "prompt_tokens": 1 if pair.encoder_decoder else len(ids)})
-        start += count
-
-
 def add_limit(report: dict[str, Any], methods: list[Method], results: Results, costs: CostModel | None,
               config: GenerationConfig) -> None:
     """The oracle's summary in `report["oracle"]`, and `efficiency` and `gap` in each lossless method's row."""
@@ -90,14 +109,15 @@ def add_limit(report: dict[str, Any], methods: list[Method], results: Results, c
         report["oracle"] = None
         report["notes"].append(f"no oracle ({why}); the rest of the bench stands")
         return
-    lossless = {m.name: (results[m.name], m.config(config).draft_cap()) for m in methods
+    lossless = {m.name: (results[m.name], m.config(config).draft_cap(), m.sources) for m in methods
                 if m.policy is not None and priced_by(costs, results[m.name])
                 and [x.tokens for x in results[m.name]] == [x.tokens for x in results[anchor]]}
     summary, rows = limit(results[anchor], lossless, config.draft_cap(), costs)
     report["oracle"] = {"anchor": anchor, **summary}
     for name, row in rows.items():
         report["methods"][name].update(efficiency=row["efficiency"], gap=row["gap_share"],
-                                       gap_seconds=row["gap_seconds"],
+                                       gap_seconds=row["gap_seconds"], sources=row["sources"],
+                                       oracle_own=row["oracle_own"], efficiency_own=row["efficiency_own"],
                                        per_prompt_efficiency=row["per_prompt_efficiency"])
 
 
@@ -105,17 +125,19 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
               repeats: int = 1, out: str | None = None, setup: dict[str, Any] | None = None,
               inputs: list[str | None] = (), overwrite: bool = False, progress: bool = True,
               costs: CostModel | None = None, context: dict[str, Any] | None = None,
-              chat: ChatMode = "auto", system: str | None = None) -> tuple[dict[str, Any], Results]:
+              chat: ChatMode = "auto", system: str | None = None, execute_code: bool = False
+              ) -> tuple[dict[str, Any], Results]:
     """Measure every method on every example; return (and write, as it goes) the report and the results.
 
     With a cost model, methods that ran on its fast path also get their modelled speedup over their
     anchor, and policies read it as `step.costs`. `chat`, `system`: how examples become prompts.
+    `execute_code`: run each output against its example's tests (bild/lab/sandbox.py), for pass@1.
     """
     if not examples:
         raise BildError("no prompts to bench: give at least one")
     setup = {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(examples),
              "repeats": repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
-             "chat": chat, "system": system,
+             "chat": chat, "system": system, "execute_code": execute_code,
              "policy_code": {m.name: m.origin.get("code") for m in methods if m.origin}}  # an edited policy reruns
     writer = ReportWriter(out, setup, inputs, overwrite)
     report = new_report(machine_info(pair), setup, context, costs, pair.placement())
@@ -124,13 +146,21 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
         example = examples[i]
         anchor = oracle_anchor(methods, results, costs, config)
         if anchor is not None:
-            teach(pair, results[anchor][i])
+            x = results[anchor][i]
+            x.teacher = teach(pair, x.prompts, x.tokens, x.turns)
+        if execute_code:
+            outcomes = check_answers([(example, results[m.name][i].text) for m in methods])
+            for m, outcome in zip(methods, outcomes, strict=True):
+                results[m.name][i].tests = outcome.status
+                if outcome.status in ("timeout", "killed"):
+                    log.info("bild bench: %s on %s: the tests were %s (%s)", m.name, example.id,
+                             "stopped" if outcome.status == "timeout" else "killed", outcome.detail)
         for m in methods:
             x = results[m.name][i]
             writer.sample({"index": i, "id": example.id, "method": m.name, "prompt": example.prompt,
                            "reference": example.reference, "seconds": x.seconds, "text": x.text,
                            "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None,
-                           "rounds": x.rounds, "turns": x.turns, "teacher": x.teacher})
+                           "rounds": x.rounds, "turns": x.turns, "teacher": x.teacher, "tests": x.tests})
         fill(report, methods, results, examples, costs, config, i + 1)
         writer.summary(report)
 
@@ -161,9 +191,9 @@ def new_report(machine: dict[str, Any], setup: dict[str, Any], context: dict[str
 def fill(report: dict[str, Any], methods: list[Method], results: Results, examples: list[Example],
          costs: CostModel | None, config: GenerationConfig, done: int) -> None:
     """Everything a report derives from the per-prompt measurements: rows, categories, notes, the limit."""
-    rows = summarize(methods, results, examples, costs)
+    rows = summarize(methods, results, examples, costs, report["setup"].get("fit_tolerance", FIT_TOLERANCE))
     report.update(methods=rows, prompts_done=done, memory=peak_memory(),
-                  notes=notes_for(rows, report["machine"]["dtype"]),
+                  notes=notes_for(rows, report["machine"]["dtype"], costs),
                   categories=by_category(methods, results, examples, {m: r["anchor"] for m, r in rows.items()}))
     add_limit(report, methods, results, costs, config)
 
@@ -190,16 +220,18 @@ def merge_shards(shards: list[tuple[list[int], dict[str, Any], list[dict[str, An
 
 # --- presentation ------------------------------------------------------------------------------------
 
-HEADERS = ["method", "tok/s", "x large", "modelled", "eff", "x large-hf", "chrF", "BLEU", "acc", "agree", "exact",
-           "tau", "accept", "calls/tok", "fallback", "rollback"]
+HEADERS = ["method", "tok/s", "x large", "modelled", "eff", "x large-hf", "chrF", "BLEU", "acc", "pass@1", "agree",
+           "exact", "tau", "accept", "calls/tok", "fallback", "rollback"]
 
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
     st = r["stats"] or {}
-    return [name, fmt(r["tokens_per_s"], ".1f"), fmt(r["speedup_vs_large"], ".2f"),
-            fmt(r["modelled_speedup_vs_large"], ".2f"), fmt(r.get("efficiency"), ".2f"),
+    doubt = "?" if (r.get("model_fit") or {}).get("flagged") else ""  # a modelled figure that does not fit its run
+    busy = "*" if (r.get("load") or {}).get("busy") else ""
+    return [name + busy, fmt(r["tokens_per_s"], ".1f"), fmt(r["speedup_vs_large"], ".2f"),
+            fmt(r["modelled_speedup_vs_large"], ".2f") + doubt, fmt(r.get("efficiency"), ".2f") + doubt,
             fmt(r["speedup_vs_large_hf"], ".2f"),
-            fmt(r["chrf"], ".1f"), fmt(r["bleu"], ".1f"), fmt(r.get("accuracy"), ".2f"),
+            fmt(r["chrf"], ".1f"), fmt(r["bleu"], ".1f"), fmt(r.get("accuracy"), ".2f"), fmt(r.get("pass_at_1"), ".3f"),
             fmt(r["agreement_with_large"], ".3f"),
             fmt(r["exact_match_with_large"], ".2f"), fmt(st.get("mean_accepted_tokens"), ".2f"),
             fmt(st.get("acceptance_rate"), ".2f"), fmt(st.get("large_calls_per_token"), ".2f"),

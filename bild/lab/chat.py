@@ -3,11 +3,17 @@
 `--chat auto` (the default) uses the template when the tokenizer has one and the example is a
 conversation (a chat row, or a task that gives its instruction as a user turn); `on` always does
 (a plain prompt becomes one user turn); `off` never does (a conversation is then plain text: its
-turns and answers separated by blank lines). `--system TEXT` puts a system message first.
+system message, messages, answers and turns separated by blank lines; a task's one-message form
+gives way to its plain prompt, the T5 prefix of the paper's checkpoints). `--system TEXT` puts a
+system message first, in either form.
 
-A multi-turn example is answered turn by turn, as MT-bench does: `Conversation.prompt_ids(answers)`
-is the prompt of the next turn after the method's own answers so far, so every method is judged on
-the conversation it produced. The engine only ever sees token ids.
+`conversations(...)` is the one door from examples to prompt ids, for every command (bench, tune
+and its oracle, traces, align): it refuses a chat mode the tokenizer cannot honour, renders every
+example's first prompt up front (a template that raises, a prompt that does not fit the context,
+an empty prompt: one line naming the example, before anything is measured) and gives one
+`Conversation` per example. A multi-turn example is answered turn by turn, as MT-bench does:
+`Conversation.prompt_ids(answers)` is the prompt of the next turn after the method's own answers so
+far, so every method is judged on the conversation it produced. The engine only ever sees ids.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from bild.engine import encode_prompt
 from bild.errors import BildError
 from bild.lab.tasks import Example
+from bild.pair import ModelPair
 
 ChatMode = Literal["auto", "on", "off"]
 TURN_BREAK = "\n\n"  # between a conversation's turns and answers, as plain text
@@ -41,16 +49,47 @@ class Conversation:
         self.tokenizer, self.example, self.system = tokenizer, example, system
         self.chat = mode == "on" or (mode == "auto" and example.chat and has_template(tokenizer))
         self.turns = 1 + len(example.turns)
+        self.first: list[int] = []  # the first turn's ids, once `conversations` has checked them
 
     def prompt_ids(self, answers: list[str]) -> list[int]:
         """The ids of the prompt for turn `len(answers)`, after these answers to the earlier turns."""
         later = self.example.turns[: len(answers)]
         if not self.chat:
-            text = self.example.prompt + "".join(TURN_BREAK + a + TURN_BREAK + t for a, t in zip(answers, later,
-                                                                                                 strict=True))
-            return self.tokenizer(text)["input_ids"]
+            history = [m["content"] for m in self.example.messages] if len(self.example.messages) > 1 else \
+                [self.example.prompt]
+            parts = [*([self.system] if self.system else []), *history]
+            parts += [text for answer, turn in zip(answers, later, strict=True) for text in (answer, turn)]
+            return self.tokenizer(TURN_BREAK.join(parts))["input_ids"]
         messages = [{"role": "system", "content": self.system}] if self.system else []
         messages += self.example.messages or [{"role": "user", "content": self.example.prompt}]
         for answer, turn in zip(answers, later, strict=True):
             messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": turn}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      return_dict=True)["input_ids"]
+        except Exception as e:  # jinja's errors, and templates that raise on purpose ("System role not supported")
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            hint = ": drop --system (this template takes no system message)" if self.system and "system" in \
+                first.lower() else "; fix the template, or use --chat off"
+            raise BildError(f"example {self.example.id!r}: the tokenizer's chat template failed ({type(e).__name__}: "
+                            f"{first}){hint}") from None
+
+    def turn_prompts(self, answers: list[str]) -> list[list[int]]:
+        """The prompt of every turn, after the given answers to the turns before it (an output's own answers)."""
+        return [self.prompt_ids(answers[:turn]) for turn in range(self.turns)]
+
+
+def conversations(pair: ModelPair, examples: list[Example], mode: ChatMode, system: str | None,
+                  max_new_tokens: int | None) -> list[Conversation]:
+    """Every example as a conversation, its first prompt rendered and checked now: the one door from examples to
+    prompt ids. `max_new_tokens`: the first prompt must leave room for them in the context (None: a caller that
+    keeps only a prompt's last tokens, as align does, checks nothing but that it renders)."""
+    check_chat(pair.tokenizer, mode, pair.large_name)
+    found = [Conversation(pair.tokenizer, e, mode, system) for e in examples]
+    for conversation in found:
+        try:
+            ids = conversation.prompt_ids([])
+            conversation.first = ids if max_new_tokens is None else encode_prompt(pair, ids, max_new_tokens)
+        except BildError as e:
+            raise BildError(f"example {conversation.example.id!r}: {e}") from None
+    return found

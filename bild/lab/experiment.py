@@ -188,11 +188,17 @@ def load_pair(options: Options):
                                      small_placement=small_at, large_placement=large_at)
 
 
-def prepare(options: RunOptions):
-    """The prompts and the pair of a bench or tune, in the order that fails fastest."""
+def prepare(options: RunOptions, tests: bool = False):
+    """The prompts and the pair of a bench or tune, in the order that fails fastest; `tests`: every example must
+    carry tests to run (--execute-code)."""
+    from bild.lab.sandbox import has_tests
     from bild.lab.tasks import load_examples
 
     examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
+    untested = [e.id for e in examples if not has_tests(e)]
+    if tests and untested:
+        raise BildError(f"--execute-code: {len(untested)} of {len(examples)} prompts carry no tests to run (first "
+                        f"{untested[0]!r}): use it with a task that has tests (humaneval), or drop it")
     return examples, load_pair(options)
 
 
@@ -252,10 +258,11 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         start()
     if sharded:
         options = across_ranks(options)
-    examples, pair = prepare(options)
+    examples, pair = prepare(options, tests=options.execute_code)
     methods += front_methods(fronts, pair)
     found = identity(options, pair, examples)
-    setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads}
+    setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads,
+             "fit_tolerance": options.fit_tolerance}
     if sharded:
         agree({**setup, "methods": [m.name for m in methods]}, "the setup")
         costs = share(cost_model_for(options, pair, given) if rank == 0 else None)
@@ -265,7 +272,8 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
                                     out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
                                     overwrite=options.overwrite, costs=costs, context=context(options, pair),
-                                    chat=options.chat, system=options.system, progress=rank == 0)
+                                    chat=options.chat, system=options.system, progress=rank == 0,
+                                    execute_code=options.execute_code)
     if rank != 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
         return report
     print(format_table(report))
@@ -308,7 +316,8 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
         report, _ = run_bench(pair, [examples[i] for i in mine], methods, options.generation, repeats=options.repeats,
                               out=str(out), setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
                               overwrite=options.overwrite, costs=costs, context=context(options, pair),
-                              chat=options.chat, system=options.system, progress=rank == 0)
+                              chat=options.chat, system=options.system, progress=rank == 0,
+                              execute_code=options.execute_code)
     except BildError as e:
         error = str(e)
     settle(error)
@@ -319,8 +328,9 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
         path = shard_path(options.json_out, r, size)
         records = [json.loads(line) for line in samples_path(path).read_text().splitlines() if line.strip()]
         shards.append((shard(len(examples), r, size), json.loads(path.read_text()), records))
-    merged_setup = {**setup, "world_size": size, "methods": [m.name for m in methods], "n": len(examples),
-                    "prompt_ids": [e.id for e in examples]}
+    # the shards' own setup (schema, chat, system, repeats, policy code: what run_bench records), for the whole set
+    ranked = {k: v for k, v in shards[0][1]["setup"].items() if k != "rank"}
+    merged_setup = {**ranked, "world_size": size, "n": len(examples), "prompt_ids": [e.id for e in examples]}
     report, results = merge_shards(shards, methods, examples, costs, options.generation, merged_setup)
     report["context"] = context(options, pair)
     write_atomic(Path(options.json_out), json.dumps(report, indent=2) + "\n")

@@ -11,30 +11,18 @@ measured with.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
+from bild.machine import config_shape, cpu_name, hardware
 from bild.pair import ModelPair
 
 DISTRIBUTION = "big-little-decoder"  # the package index name ("bild" there is another project)
 COST_KEYS = ("small_shape", "large_shape", "hardware", "dtype", "fast_path", "placement")
-SHAPE_IGNORED = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bild_version() -> str:
@@ -46,16 +34,12 @@ def bild_version() -> str:
         return "unknown"
 
 
-def hardware(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
 def machine_info(pair: ModelPair) -> dict[str, Any]:
     info = {
         "platform": platform.platform(), "processor": cpu_name(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "bild": bild_version(), "device": str(pair.device), "dtype": str(pair.dtype).removeprefix("torch."),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "dtype_choice": pair.dtype_choice,
     }
     if pair.device.type == "cuda":
         info["gpu"] = hardware(pair.device)
@@ -69,19 +53,21 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     for name, param in model.state_dict().items():
         local = param.to_local() if hasattr(param, "to_local") else param
         digest.update(f"{name}{tuple(param.shape)}".encode())
-        digest.update(local.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+        if local.device.type != "meta":  # a layer offloaded to disk is named and shaped, not read
+            digest.update(local.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
 def shape_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of what a pass's cost depends on: the config, less names, versions and dtype."""
-    config = {k: v for k, v in model.config.to_dict().items() if k not in SHAPE_IGNORED}
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return config_shape(model.config)
 
 
 def pair_identity(pair: ModelPair) -> dict[str, str]:
-    """What a result or a cost model was measured on: the models (names, content, shape), device, dtype."""
-    return {"small": pair.small_name, "large": pair.large_name, "small_hash": model_fingerprint(pair.small),
+    """What a result or a cost model was measured on: the models (names, the GGUF files they were made from,
+    content, shape), device, dtype."""
+    files = {f"{which}_gguf_sha256": made["sha256"] for which, made in pair.origins.items()}
+    return {"small": pair.small_name, "large": pair.large_name, **files, "small_hash": model_fingerprint(pair.small),
             "large_hash": model_fingerprint(pair.large), "small_shape": shape_fingerprint(pair.small),
             "large_shape": shape_fingerprint(pair.large), "device": str(pair.device),
             "hardware": hardware(pair.device), "dtype": str(pair.dtype).removeprefix("torch.")}

@@ -32,8 +32,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from bild.errors import BildError
 from bild.lab.corpus import read_texts, stdlib_files
-from bild.lab.paths import cache_dir
 from bild.lab.training import adamw, learning_rate, smooth, update
+from bild.paths import cache_dir
 
 EOS = "<|endoftext|>"
 

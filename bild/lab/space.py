@@ -144,6 +144,27 @@ class SearchSpace:
                 chosen[name] = suggest(trial, name, self.distributions[name])
         return chosen
 
+    def size(self, most: int = 100_000) -> int | None:
+        """How many distinct settings the space holds, when it holds few (categorical and integer parameters,
+        counted where they apply); None for a continuous space or more than `most`."""
+        values: dict[str, list[Any]] = {}
+        for name, dist in self.distributions.items():
+            if isinstance(dist, CategoricalDistribution):
+                values[name] = list(dist.choices)
+            elif isinstance(dist, IntDistribution) and (dist.high - dist.low) // (dist.step or 1) < most:
+                values[name] = list(range(dist.low, dist.high + 1, dist.step or 1))
+            elif dist.low == dist.high:
+                values[name] = [dist.low]
+            else:
+                return None
+        if math.prod(len(v) for v in values.values()) > most:
+            return None
+        settings = {()}
+        for name in self.order:  # each setting extended by the values of the parameters that apply to it
+            settings = {(*s, (name, v)) for s in settings for v in (
+                values[name] if self.applies(name, {**self.fixed, **dict(s)}) else [None])}
+        return len({tuple((k, v) for k, v in s if v is not None) for s in settings})
+
     def grid(self) -> dict[str, list[Any]]:
         """Values per sampled parameter for Optuna's GridSampler."""
         points = {}

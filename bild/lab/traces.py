@@ -30,6 +30,7 @@ from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
 from bild.files import write_atomic
+from bild.lab.chat import ChatMode, conversations
 from bild.lab.corpus import hash_fraction
 from bild.lab.outputs import CLASSIFIER, TRACES, TRACES_META, check_output
 from bild.lab.tasks import Example
@@ -77,8 +78,10 @@ def meta_path(traces: str | Path) -> Path:
 
 
 def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationConfig, out: str | Path,
-                   progress: bool = True, inputs: list[str | None] = (), hidden: bool = False) -> dict[str, Any]:
-    """Write one JSON line per judged draft to `out` (and `out.meta.json`); return counts."""
+                   progress: bool = True, inputs: list[str | None] = (), hidden: bool = False,
+                   chat: ChatMode = "auto", system: str | None = None) -> dict[str, Any]:
+    """Write one JSON line per judged draft to `out` (and `out.meta.json`); return counts. Each example's first
+    turn is decoded, as bench renders it (`chat`, `system`: bild/lab/chat.py)."""
     from tqdm.auto import tqdm
 
     from policies import make_policy
@@ -87,9 +90,11 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
     check_output(meta_path(out), list(inputs), TRACES_META)
     policy = make_policy("exact", {"verify_below": 0.0})
     lines, mismatches = [], 0
-    for example in tqdm(examples, desc="traces", unit="prompt", disable=not progress):
+    talks = conversations(pair, examples, chat, system, config.max_new_tokens)
+    for example, talk in tqdm(list(zip(examples, talks, strict=True)), desc="traces", unit="prompt",
+                              disable=not progress):
         recorder = TraceRecorder(hidden)
-        generate(pair, example.prompt, policy, config, observers=[recorder])
+        generate(pair, talk.first, policy, config, observers=[recorder])
         for row in recorder.rows:
             lines.append(json.dumps({"prompt": example.id, **row}))
             mismatches += row["mismatch"]
@@ -97,7 +102,8 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
     meta = {"rows": len(lines), "prompts": len(examples), "rejected_rate": mismatches / len(lines) if lines else None,
             "vocab_size": pair.vocab_size, "hidden_size": pair.small.config.get_text_config(decoder=True).hidden_size
             if hidden else 0, "small": pair.small_name, "large": pair.large_name,
-            "max_new_tokens": config.max_new_tokens, "max_draft_tokens": config.max_draft_tokens}
+            "max_new_tokens": config.max_new_tokens, "max_draft_tokens": config.max_draft_tokens,
+            "chat": chat, "system": system}
     write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
     return meta
 

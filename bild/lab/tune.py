@@ -39,9 +39,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from bild.costs import CostModel
-from bild.engine import encode_prompt
 from bild.errors import BildError, unknown_name
 from bild.files import write_atomic
+from bild.lab.chat import Conversation, conversations
 from bild.lab.identity import machine_info
 from bild.lab.measure import (
     Measurement,
@@ -55,7 +55,7 @@ from bild.lab.measure import (
     tokens_per_second,
 )
 from bild.lab.options import TuneOptions
-from bild.lab.oracle import accepted_runs, oracle, teacher_forced
+from bild.lab.oracle import accepted_runs, oracle, teach
 from bild.lab.outputs import FRONT, PLOT, check_output
 from bild.lab.render import columns, figure, fmt, table
 from bild.lab.space import SearchSpace
@@ -221,6 +221,7 @@ class Objective:
         self.study, self.costs, self.base, self.logger, self.setup = study, costs, base, logger, setup
         self.base_quality = quality(base, examples, base)
         self.oracle_seconds = oracle_seconds  # per prompt, the oracle's modelled time (greedy, modelled pricing)
+        self.said_lossy = False  # the note on lossy trials under --objective efficiency, once per worker
 
     def efficiency(self, done: list[Measurement], start: int = 0) -> float | None:
         """Modelled speedup over the oracle's on the same prompts (`done` begins at prompt `start`)."""
@@ -271,7 +272,7 @@ class Objective:
         try:
             results = measure(self.pair, self.examples, [self.method(params)], self.options.generation,
                               self.options.repeats, on_prompt=lambda i, r: (results.update(r), report_prompt(i, r)),
-                              progress=False, costs=self.costs)
+                              progress=False, costs=self.costs, chat=self.options.chat, system=self.options.system)
         except optuna.TrialPruned:
             self.record(trial, params, results[self.options.policy], pruned=True)
             raise
@@ -284,8 +285,14 @@ class Objective:
         value = q[metric]
         drop = None if pruned else self.base_quality[metric] - value
         stats = policy_stats([m.stats for m in done])
+        lossy = q["exact_match"] is not None and q["exact_match"] < 1
+        if lossy and self.options.objective == "efficiency" and not self.said_lossy:
+            print(f"note: trial {trial.number}'s output differs from the large model's (lossy): --objective efficiency "
+                  "scores it against the lossless oracle all the same, so its efficiency is speed over the oracle's "
+                  "and can exceed 1 (the front's `lossy` column says which trials)", file=sys.stderr, flush=True)
+            self.said_lossy = True
         attrs = {"params": self.method(params).policy.params(), "speedup": speedup(done, base, self.costs),
-                 "efficiency": self.efficiency(done),
+                 "efficiency": self.efficiency(done), "lossy": lossy,
                  "measured_speedup": speedup(done, base),
                  "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
                  "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
@@ -324,14 +331,20 @@ def progress_line(study: optuna.Study, total: int, metric: str):
 
 
 def run_trials(study: optuna.Study, objective: Objective, options: TuneOptions) -> None:
-    """Run trials until the study holds `options.trials` finished ones (or this worker's timeout)."""
+    """Run trials until the study holds `options.trials` finished ones, or every distinct setting of a small space
+    (or this worker's timeout)."""
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    distinct = objective.space.size()
     told = False
     while deadline is None or time.monotonic() < deadline:
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
         finished = len(study.get_trials(deepcopy=False, states=FINISHED))
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if finished >= options.trials:
+            return
+        if distinct is not None and finished >= distinct:
+            print(f"study {study.study_name}: its space holds {distinct} distinct setting(s), all measured: stopping "
+                  f"at {finished} of --trials {options.trials} (widen --space for more)", file=sys.stderr, flush=True)
             return
         if finished + running >= options.trials:
             if not told:
@@ -365,7 +378,7 @@ def front_rows(trials: list[FrozenTrial], metric: str, space: SearchSpace | None
         params = t.user_attrs["params"]
         used = {k: v for k, v in params.items() if space is None or k not in space.params or space.applies(k, params)}
         rows.append({"trial": t.number, "speedup": t.user_attrs["speedup"], metric: t.user_attrs["quality"][metric],
-                     "quality_drop": t.user_attrs.get("quality_drop"), **used})
+                     "quality_drop": t.user_attrs.get("quality_drop"), "lossy": t.user_attrs.get("lossy"), **used})
     return rows
 
 
@@ -426,7 +439,8 @@ def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dic
         for r in best]
     rows_measured = summarize(methods, measure(objective.pair, objective.examples, methods,
                                                objective.options.generation, objective.options.repeats,
-                                               progress=False, costs=objective.costs), objective.examples)
+                                               progress=False, costs=objective.costs, chat=objective.options.chat,
+                                               system=objective.options.system), objective.examples)
     return {r["trial"]: rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"] for r in best}
 
 
@@ -460,17 +474,17 @@ def plot_front(study: optuna.Study, rows: list[dict[str, Any]], dominated: list[
     figure(str(path), draw, size=(6.5, 4.5))
 
 
-def oracle_of(pair: ModelPair, examples: list[Example], base: list[Measurement], options: TuneOptions,
+def oracle_of(pair: ModelPair, talks: list[Conversation], base: list[Measurement], options: TuneOptions,
               costs: CostModel | None) -> list[float] | None:
-    """The oracle's modelled seconds per prompt along the baseline's outputs (greedy decoding, a cost model)."""
+    """The oracle's modelled seconds per prompt along the baseline's outputs, turn by turn on the prompts the
+    baseline saw (greedy decoding, a cost model)."""
     if costs is None or not options.generation.greedy:
         return None
     found = []
-    for example, m in zip(examples, base, strict=True):
-        ids = encode_prompt(pair, example.prompt, options.generation.max_new_tokens)
-        matches, _ = teacher_forced(pair, ids, m.tokens)
-        found.append(oracle(accepted_runs(matches), options.generation.draft_cap(),
-                            1 if pair.encoder_decoder else len(ids), costs)[0])
+    for talk, m in zip(talks, base, strict=True):
+        turns = teach(pair, talk.turn_prompts(m.answers), m.tokens, m.turns)
+        found.append(sum(oracle(accepted_runs(t["matches"]), options.generation.draft_cap(), t["prompt_tokens"],
+                                costs)[0] for t in turns))
     return found
 
 
@@ -493,10 +507,10 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     given = costs if costs is not None else read_cost_model(options)  # --cost-model, also through the API
     origin = policy_origin(policy_class(options.policy))
     setup = {**setup, **options.model_dump(include={"policy", "objectives", "objective", "metric",
-                                                      "max_quality_drop", "space"}),
+                                                      "max_quality_drop", "space", "chat", "system"}),
              "policy_code": origin.get("code")}  # trials of edited code don't mix
-    for e in examples:  # a prompt that cannot run is refused before a study is touched
-        encode_prompt(pair, e.prompt, options.generation.max_new_tokens)
+    # a prompt that cannot run (or a chat mode the tokenizer cannot honour) is refused before a study is touched
+    talks = conversations(pair, examples, options.chat, options.system, options.generation.max_new_tokens)
     storage = open_storage(options)
     study = open_study(options, storage, space, setup)
     costs = None
@@ -506,8 +520,8 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     key = "baseline" if options.objective != "measured" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
-                                        progress=False)["large"]])]
-    oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, examples, base, options, costs))
+                                        progress=False, chat=options.chat, system=options.system)["large"]])]
+    oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, talks, base, options, costs))
     objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})},
                           oracle_seconds)
     run_trials(study, objective, options)
@@ -551,8 +565,8 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     return report
 
 
-FRONT_COLUMNS = {"trial", "speedup", "measured_speedup", "quality_drop", "dominated", "chrf", "bleu", "rouge_l",
-                 "agreement"}
+FRONT_COLUMNS = {"trial", "speedup", "measured_speedup", "quality_drop", "dominated", "lossy", "chrf", "bleu",
+                 "rouge_l", "agreement"}
 
 
 def check_front(found: Any, label: str) -> dict[str, Any]:
