@@ -181,7 +181,8 @@ class StaticRunner(Runner):
         super().__init__(model, vocab, label)
         self.context = context  # the model's own limit on positions, if any
         self.cache = None
-        self.capacity = 0
+        self.capacity = 0  # positions a generation may use (what `start` sizes against)
+        self.positions = 0  # positions the cache holds: the capacity, and a padded runner's pad room
         self.length = 0  # positions the cache's pointer is past (pads included)
 
     def start(self, capacity: int, encoder_ids: list[int] | None = None) -> None:
@@ -192,14 +193,15 @@ class StaticRunner(Runner):
         restart(self.cache)
         self.length = 0
 
-    def allocate(self, capacity: int) -> None:
-        self.cache = static_cache(self.model, capacity)
-        self.capacity = capacity
+    def allocate(self, capacity: int, room: int = 0) -> None:
+        """A cache for generations of `capacity` positions, with `room` more for pads."""
+        self.cache = static_cache(self.model, capacity + room)
+        self.capacity, self.positions = capacity, capacity + room
 
     def reserve(self, count: int) -> None:
-        if self.length + count > self.capacity:
+        if self.length + count > self.positions:
             raise BildError(f"a pass of {count} tokens after {self.length} cached ones overflows the static KV "
-                            f"cache of {self.capacity} positions: size the generation with its real prompt and "
+                            f"cache of {self.positions} positions: size the generation with its real prompt and "
                             "max_new_tokens, or use fast_path='off'")
 
     def feed(self, ids: list[int], keep: int) -> Pass:
@@ -247,9 +249,9 @@ class PaddedRunner(StaticRunner):
     def graphs(self) -> tuple[int, int]:
         return len(self.steps), len(self.buckets)
 
-    def allocate(self, capacity: int) -> None:
+    def allocate(self, capacity: int, room: int = 0) -> None:
         self.pad_room = max(self.buckets[-1], PAD_ROOM)
-        super().allocate(capacity + self.pad_room)  # room for the pads of a full-length pass
+        super().allocate(capacity, self.pad_room)  # room for the pads of a full-length pass, kept apart
         self.steps.clear()  # they point at the old cache (the capture keeps their graphs alive)
         self.failed.clear()
 

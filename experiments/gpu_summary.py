@@ -1,7 +1,9 @@
-"""Markdown summary of a `gpu_check.sh` run: environment, smoke, per-pass costs, the benches, the CUDA tests,
-and the targets of issue 9. Every piece is optional: a missing or broken file is one line saying so.
+"""Markdown summary of a `gpu_check.sh` run: each step's time, environment, smoke, per-pass costs with the
+draft/verify cost ratio, the benches (measured and modelled speedups, the oracle and each lossless method's
+efficiency, the best lossless method, host time per pass and per token), the CUDA tests and the targets of
+issue 9, each marked met or missed. Every piece is optional: a missing or broken file is one line saying so.
 
-Usage: python experiments/gpu_summary.py OUT_DIR (prints Markdown).
+Usage: python experiments/gpu_summary.py WORK_DIR (prints Markdown).
 """
 
 from __future__ import annotations
@@ -51,7 +53,39 @@ def bench_table(report: dict) -> list[str]:
                      f"{fmt(r.get('exact_match_with_large'))} | {fmt(r.get('first_difference'), '.0f')} | "
                      f"{fmt(st.get('mean_accepted_tokens'))} | {fmt(st.get('overhead_ms_per_token'), '.3f')} | "
                      f"{fmt(r.get('peak_gpu_mib'), '.0f')} |")
+    lines += limit_lines(report)
     return lines + [f"- note: {n}" for n in report.get("notes", [])]
+
+
+def limit_lines(report: dict) -> list[str]:
+    """The oracle, each lossless method's efficiency, the best lossless method, host time per pass."""
+    rows, oracle = report.get("methods", {}), report.get("oracle") or {}
+    lines = ["", f"Oracle (modelled): {fmt(oracle.get('modelled_speedup'))}x over large; by sources "
+                 f"{ {k: round(v, 2) for k, v in (oracle.get('sources') or {}).items() if v} }; repetition "
+                 f"{fmt(oracle.get('repetition'))}"]
+    lossless = {k: r for k, r in rows.items() if r.get("exact_match_with_large") == 1.0 and r.get("stats")
+                and k.split("@")[0] not in ("large", "small")}
+    for name, r in lossless.items():
+        st = r["stats"]
+        large = st.get("large") or {}
+        per_pass = 1000 * large["seconds"] / large["calls"] if large.get("calls") else None
+        lines.append(f"- `{name}`: efficiency {fmt(r.get('efficiency'))} (own sources {fmt(r.get('efficiency_own'))}), "
+                     f"measured {fmt(r.get('speedup_vs_large'))}x, modelled {fmt(r.get('modelled_speedup_vs_large'))}x"
+                     f" (fit {fmt((r.get('model_fit') or {}).get('ratio'))}); host time per large pass "
+                     f"{fmt(per_pass, '.3f')} ms (sync included), engine {fmt(st.get('overhead_ms_per_token'), '.3f')}"
+                     " ms per token; GPU event times not recorded")
+    if lossless:
+        best = max(lossless, key=lambda k: lossless[k].get("speedup_vs_large") or 0)
+        lines.append(f"Best lossless method (measured): `{best}` at {fmt(lossless[best].get('speedup_vs_large'))}x")
+    return lines
+
+
+def steps(out: Path) -> list[str]:
+    rows = [line.split("\t") for line in (out / "steps.tsv").read_text().strip().splitlines()[1:]]
+    lines = ["| step | limit s | took s | exit |", "|---|---|---|---|"]
+    lines += [f"| {name} | {limit} | {took} | {rc}{' (timed out)' if rc == '124' else ''} |"
+              for name, limit, took, rc in rows]
+    return ["Steps:", "", *lines]
 
 
 def costs(out: Path) -> list[str]:
@@ -60,8 +94,13 @@ def costs(out: Path) -> list[str]:
         c = read_json(path)
         large = " ".join(f"{1000 * s:.2f}" for s in c["large"]["passes"])
         small = " ".join(f"{1000 * s:.2f}" for s in c["small"]["passes"])
-        lines.append(f"- `{path.stem}`: small pass (1, 2 tokens) {small} ms; large pass (1..{len(c['large']['passes'])}"
-                     f" tokens) {large} ms; engine {1000 * c['overhead_per_pass']:.3f} ms per pass")
+        ratio = c["small"]["passes"][0] / c["large"]["passes"][0]
+        noise = c.get("noise", {})
+        lines.append(f"- `{path.stem}`: small pass (1.. tokens) {small} ms; large pass (1..{len(c['large']['passes'])}"
+                     f" tokens) {large} ms; draft/verify cost ratio {ratio:.3f}; engine "
+                     f"{1000 * c['overhead_per_pass']:.3f} ms per pass; spread at most "
+                     f"{fmt(max((noise.get('spread') or {}).values(), default=None), '.2f')}, problems "
+                     f"{noise.get('problems') or 'none'}")
     if not lines:
         raise FileNotFoundError("no costs-*.json")
     return ["Per-pass costs (median of 10, after a 128-token context):", *lines]
@@ -108,6 +147,7 @@ def section(title: str, make: Callable[[], list[str]]) -> list[str]:
 
 def main(out: Path) -> None:
     lines = ["# GPU check", ""]
+    lines += section("steps", lambda: steps(out))
     lines += section("environment", lambda: environment(out))
     lines += section("smoke", lambda: smoke(out))
     lines += section("costs", lambda: costs(out))

@@ -12,7 +12,8 @@ is still accepted, with a deprecation warning: it never caused a fallback.
 `lookup_min` adds context lookup (bild/sources.py) in front of the small model: before each
 small pass, when the last `lookup_min` or more tokens occurred earlier in the prompt or output,
 what followed them is drafted instead, and verified at once. Drafts never change the output,
-only how fast it comes.
+only how fast it comes. The default, 2, was the fastest (modelled) of 0–3 on the tuning prompts
+(docs/results.md §11); `exact@lookup_min=0` is the small model alone, as before 0.4.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class ExactPolicy(Policy):
             data = {("verify_below" if k == "fallback_threshold" else k): v for k, v in data.items()}
         return data
 
-    lookup_min: int = Field(0, ge=0, le=3, description=(
+    lookup_min: int = Field(2, ge=0, le=3, description=(
         "draft what followed the last N or more tokens where they occurred earlier (context lookup) instead of a "
         "small pass, when N >= this (0: never)"))
 

@@ -170,7 +170,7 @@ def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeyp
     config = GenerationConfig(max_new_tokens=24, max_draft_tokens=4)
     with caplog.at_level("WARNING", logger="bild"):
         for prompt in PROMPTS[:4]:
-            policy = make_policy("exact", {"verify_below": 0.0})
+            policy = make_policy("exact", {"verify_below": 0.0, "lookup_min": 0})  # the small model: one token a pass
             a = generate(off, prompt, policy, config.model_copy(update={"fast_path": "off"}))
             b = generate(graph, prompt, policy, config.model_copy(update={"fast_path": "graph"}))
             assert a.token_ids == b.token_ids
@@ -298,3 +298,19 @@ def test_a_pass_keeping_one_row_costs_no_more_than_one_keeping_all(tmp_path):
                 runner.rewind(8)
     one, every = (statistics.median(seconds[k]) for k in (1, 8))
     assert one <= 1.5 * every, (one, every)
+
+
+def test_a_generation_sized_inside_the_pad_room_gets_a_cache_of_its_own(tmp_path):
+    """A padded runner recorded its capacity with its pad room: a later generation of 281 positions passed the start
+    check of a 256 + 32 cache, then a pass of 17 real tokens after 264, padded to 32, overflowed it."""
+    from tiny import build_pair
+
+    small, large = map(str, build_pair(tmp_path, "llama", 1, positions=1024))
+    model = ModelPair.from_pretrained(small, large, device="cpu").large
+    runner = PaddedRunner(model, 258, 1024, 32, Replaying(), "compile", powers_of_two)
+    with torch.inference_mode():
+        runner.start(40)  # a short generation first: a cache of 256 positions and its pad room
+        runner.start(281)
+        runner.feed([3 + i % 200 for i in range(264)], 1)  # the prompt: 264 positions
+        out = runner.feed(list(range(3, 20)), 17)  # 17 real tokens, padded to 32
+    assert len(out.argmax) == 17

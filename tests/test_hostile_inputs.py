@@ -185,3 +185,53 @@ def test_a_fingerprint_names_an_offloaded_layer_without_reading_it(load_pair):
     model.model.layers[0].mlp.up_proj.to("meta")
     assert model_fingerprint(model) != before and isinstance(model_fingerprint(model), str)
     assert torch.is_tensor(next(model.parameters()))
+
+
+@pytest.mark.parametrize("categories", [{"writing": [1, 2]}, {"writing": {"exact": "fast"}}, ["writing"]])
+def test_compare_reads_malformed_categories_without_a_traceback(tmp_path, capsys, categories):
+    """C11/C12."""
+    report = {"setup": {"n": 1}, "methods": {"large": {"tokens_per_s": 1.0}}, "categories": categories}
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps(report))
+    assert cli(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) in (0, 2)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+
+
+def test_one_plugin_that_fails_to_import_hides_no_other_policy(monkeypatch, caplog):
+    """U5/U6: one broken entry point made `bild policies` list nothing and hid "did you mean" for --methods."""
+    import bild.registry
+    from bild.lab.measure import parse_methods
+
+    class Broken:
+        value = "broken_pkg:Policy"
+
+        def load(self):
+            raise ImportError("No module named 'broken_pkg'")
+
+    real = bild.registry._entry_points
+    monkeypatch.setattr(bild.registry, "_entry_points", lambda: {**real(), "broken": Broken()})
+    monkeypatch.setattr(bild.registry, "_BROKEN", {})
+    assert "exact" in bild.registry.list_policies() and "broken" not in bild.registry.list_policies()
+    assert "failed to import" in caplog.text
+    with pytest.raises(BildError, match="did you mean 'exact'"):
+        parse_methods("large,exakt")
+
+
+def test_a_space_with_fewer_settings_than_trials_stops(load_pair, tmp_path, capsys):
+    """U1/U2: a one-point space ran forever, every further trial a duplicate."""
+    from bild.lab.options import TuneOptions
+    from bild.lab.tune import run_tune
+    from bild.lab.wandb_log import WandbLogger
+
+    from conftest import cheap_costs
+
+    options = TuneOptions(policy="bild", trials=6, storage=f"sqlite:///{tmp_path}/t.db", metric="agreement",
+                          cost_model=cheap_costs(tmp_path), space={
+                              "fallback_threshold": "0.5", "rollback_threshold": "2", "rollback_rule": "exact|nll"},
+                          generation=GenerationConfig(max_new_tokens=4), out_dir=str(tmp_path), confirm=0,
+                          study="small-space", sampler="random", sampler_seed=0)
+    report = run_tune(options, load_pair("llama", 1), [Example(id="0", prompt="def add(")], WandbLogger("disabled"),
+                      {})
+    assert report["finished_trials"] == 2  # its two settings, then it stops
+    assert "distinct setting(s), all measured" in capsys.readouterr().err

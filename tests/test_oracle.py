@@ -45,7 +45,7 @@ class Rounds(Observer):
 
 
 def lossless_policies(rng: random.Random) -> list[Policy]:
-    return [make_policy("exact", verify_below=rng.choice([0.0, 0.2, 0.4, 0.7])), make_policy("adaptive"),
+    return [make_policy("exact", verify_below=rng.choice([0.0, 0.2, 0.4, 0.7]), lookup_min=0), make_policy("adaptive"),
             make_policy("bild", fallback_threshold=rng.uniform(0, 0.9), rollback_rule="exact"),
             make_policy("entropy", entropy_threshold=rng.uniform(0.5, 4), rollback_rule="exact")]
 
@@ -108,7 +108,7 @@ def test_a_fixed_draft_length_is_priced_as_exact_runs_it_at_that_cap(load_pair):
         config = CFG.model_copy(update={"max_draft_tokens": gamma})
         for prompt in PROMPTS[:4]:
             ids, _, runs = limit_of(pair, prompt, config)
-            run = generate(pair, prompt, make_policy("exact", verify_below=0.0), config)
+            run = generate(pair, prompt, make_policy("exact", verify_below=0.0, lookup_min=0), config)
             assert COSTS.seconds(run.stats) == pytest.approx(price(fixed_rounds(runs, gamma), len(ids), COSTS))
 
 
@@ -134,16 +134,20 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     pair = load_pair("llama", 1)
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:4])]
     lossy = "bild@fallback_threshold=0@rollback_threshold=30"
-    methods = parse_methods(f"large,large-hf,exact,exact@verify_below=0,adaptive,{lossy}")
+    methods = parse_methods(f"large,large-hf,exact@lookup_min=0,exact@verify_below=0@lookup_min=0,adaptive,exact,"
+                            f"{lossy}")
     report, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
     o, rows = report["oracle"], report["methods"]
     assert o["anchor"] == "large" and o["prompts"] == 4 and len(o["per_prompt_oracle_speedup"]) == 4
     lossless = [r for r in rows.values() if r["exact_match_with_large"] == 1.0]
-    assert o["modelled_speedup"] >= max(r["modelled_speedup_vs_large"] or 0 for r in lossless) - 1e-9
+    chain = [r for r in lossless if r.get("sources") == ["small"]]  # the small model's drafts only
+    assert o["modelled_speedup"] >= max(r["modelled_speedup_vs_large"] or 0 for r in chain) - 1e-9
+    assert all(r["efficiency_own"] <= 1 + 1e-9 for r in lossless if r.get("efficiency_own") is not None)
+    assert rows["exact"]["sources"] == ["small", "lookup"] and o["sources"]["small+lookup"] >= o["modelled_speedup"]
     assert o["modelled_speedup"] >= o["best_fixed"]["modelled_speedup"]
     assert 0 < o["ideal"]["efficiency"] <= 1 + 1e-9
     assert o["ideal"]["modelled_speedup"] == pytest.approx(o["ideal"]["efficiency"] * o["modelled_speedup"])
-    for name in ("exact", "exact@verify_below=0", "adaptive"):  # lossless: efficiency and a gap that adds up
+    for name in ("exact@lookup_min=0", "exact@verify_below=0@lookup_min=0", "adaptive"):  # a gap that adds up
         r = rows[name]
         assert 0 < r["efficiency"] <= 1 + 1e-9
         assert r["efficiency"] == pytest.approx(r["modelled_speedup_vs_large"] / o["modelled_speedup"])

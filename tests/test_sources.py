@@ -120,7 +120,7 @@ def test_no_method_beats_the_oracle_of_its_own_sources_and_the_oracle_is_monoton
         for seconds, rounds in best.values():  # a replay of the oracle's schedule costs what it said
             assert price(rounds, len(ids), COSTS) == pytest.approx(seconds)
         assert best["small", "lookup"][0] <= min(best["small",][0], best["lookup",][0]) + 1e-9
-        for policy, sources in ((make_policy("exact"), ("small",)), (make_policy("exact", lookup_min=1),
+        for policy, sources in ((make_policy("exact", lookup_min=0), ("small",)), (make_policy("exact", lookup_min=1),
                                                                     ("small", "lookup")),
                                 (make_policy("exact", lookup_min=2), ("small", "lookup")),
                                 (make_policy("pld"), ("lookup",))):

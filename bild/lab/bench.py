@@ -278,10 +278,19 @@ def oracle_lines(report: dict[str, Any]) -> list[str]:
     if o.get("ideal"):
         lines.append(f"confidence ideal (knows each draft's calibrated acceptance probability, not its outcome): "
                      f"{o['ideal']['modelled_speedup']:.2f}x, {o['ideal']['efficiency']:.2f} of the oracle")
+    by_sources = {k: v for k, v in (o.get("sources") or {}).items() if v is not None}
+    if by_sources:
+        lines.append("oracle by draft sources: " + ", ".join(f"{k} {v:.2f}x" for k, v in by_sources.items())
+                     + f"; repetition of the large model's output (tokens continuing an earlier 4-gram): "
+                       f"{fmt(o.get('repetition'), '.2f')}")
     for name, r in report["methods"].items():
-        if r.get("efficiency") is not None:
-            share = ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in r["gap"].items())
-            lines.append(f"  {name}: efficiency {r['efficiency']:.2f} of the oracle; the gap: {share}")
+        if r.get("efficiency") is None:
+            continue
+        own = (f"; {r['efficiency_own']:.2f} of the oracle of its sources ({'+'.join(r['sources'])})"
+               if r.get("efficiency_own") is not None and r.get("sources") != ["small"] else "")
+        share = ("; the gap: " + ", ".join(f"{k.replace('_', ' ')} {100 * v:.0f}%" for k, v in r["gap"].items())
+                 if r.get("gap") else "")
+        lines.append(f"  {name}: efficiency {r['efficiency']:.2f} of the oracle{own}{share}")
     return lines
 
 

@@ -37,6 +37,16 @@ class Row(BaseModel):
     agreement_with_large: float | None = None
     exact_match_with_large: float | None = None
     stats: dict[str, Any] | None = None
+    model_fit: dict[str, Any] | None = None
+    load: dict[str, Any] | None = None
+    efficiency_own: float | None = None
+
+    @property
+    def flags(self) -> tuple[str, str]:
+        """`?` when its modelled figures do not fit its run, `*` when it was measured on a busy machine."""
+        fit, load = self.model_fit if isinstance(self.model_fit, dict) else {}, self.load if isinstance(
+            self.load, dict) else {}
+        return "?" if fit.get("flagged") else "", "*" if load.get("busy") else ""
 
     def stat(self, key: str) -> float | None:
         """A statistic of either schema (τ was `mean_accepted_draft_length` + 1 in bild-bench/1)."""
@@ -115,15 +125,17 @@ def labels_for(paths: list[str]) -> list[str]:
 
 
 def compare_table(reports: list[Report], labels: list[str]) -> str:
-    headers = ["report", "method", "tok/s", "x large", "modelled", "eff", "chrF", "exact", "calls/tok", "tau",
-               "prompts"]
+    headers = ["report", "method", "tok/s", "x large", "modelled", "eff", "eff own", "chrF", "exact", "calls/tok",
+               "tau", "prompts"]
     rows = []
     for label, report in zip(labels, reports, strict=True):
         done = report.prompts_done if report.prompts_done is not None else report.setup.get("n")
         whole = f"{done}" if report.complete else f"{done} of {report.setup.get('n', '?')} (partial)"
         for name, r in report.methods.items():
-            rows.append([label, name, fmt(r.tokens_per_s, ".1f"), fmt(r.speedup_vs_large, ".2f"),
-                         fmt(r.modelled_speedup_vs_large, ".2f"), fmt(r.efficiency, ".2f"), fmt(r.chrf, ".1f"),
+            doubt, busy = r.flags
+            rows.append([label, name + busy, fmt(r.tokens_per_s, ".1f"), fmt(r.speedup_vs_large, ".2f"),
+                         fmt(r.modelled_speedup_vs_large, ".2f") + doubt, fmt(r.efficiency, ".2f") + doubt,
+                         fmt(r.efficiency_own, ".2f"), fmt(r.chrf, ".1f"),
                          fmt(r.exact_match_with_large, ".2f"), fmt(r.stat("large_calls_per_token"), ".2f"),
                          fmt(r.stat("mean_accepted_tokens"), ".2f"), whole])
     return table(headers, rows, left=2)
@@ -157,6 +169,10 @@ def category_lines(label: str, report: Report) -> list[str]:
     """A report's speedup (tau) per category, Spec-Bench style, when its prompts had categories."""
     if not isinstance(report.categories, dict) or not report.categories:
         return []
+    well_formed = all(isinstance(rows, dict) and all(isinstance(r, dict) for r in rows.values())
+                      for rows in report.categories.values())
+    if not well_formed:  # a hand-edited or foreign report: its other figures still compare
+        return [f"{label}: its 'categories' are not per-category tables of methods; left out", ""]
     return [f"{label} by category: speedup (tau)", category_table(report.categories), ""]
 
 

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# docs/results.md §11: draft sources on the shared pycode pair (CPU, fp32, 2 threads). The default of
+# `exact`'s context lookup (`lookup_min`) is chosen on the tuning prompts; every method is then reported,
+# untuned, on code from projects the pair never saw, side by side with transformers' assisted generation
+# and prompt lookup, with the oracle over each set of sources.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${BILD_SHARED:-../shared}"
+BILD="${BILD_VENV:-.venv}/bin/bild"
+PAIR=(--small "$SHARED/models/pycode-pair/small" --large "$SHARED/models/pycode-pair/large" --device cpu --dtype float32
+      --threads 2 --max-new-tokens 64 --wandb-mode disabled)
+mkdir -p out
+[ -f out/pycode-sources-costs.json ] || "$BILD" calibrate "${PAIR[@]:0:8}" --threads 2 --out out/pycode-sources-costs.json
+# the default of lookup_min: a sweep on the tuning prompts (never the reported ones)
+[ -f out/pycode_lookup_sweep.json ] || "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
+  --methods large,exact@lookup_min=0,exact@lookup_min=1,exact@lookup_min=2,exact@lookup_min=3,pld \
+  --json out/pycode_lookup_sweep.json
+# every method on the reported prompts
+"$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-sources-costs.json \
+  --methods large,hf-assisted,hf-pld,exact@lookup_min=0,exact,pld,adaptive \
+  --json out/pycode_sources.json
