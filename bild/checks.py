@@ -15,10 +15,10 @@ import torch
 from pydantic import ValidationError
 
 from bild.config import GenerationConfig
-from bild.errors import BildError
+from bild.errors import BildError, describe_errors
 from bild.pair import ModelPair
 from bild.policy import Policy, Verdict
-from bild.registry import describe_errors, make_policy
+from bild.registry import make_policy
 
 Prompt = str | Sequence[int] | torch.Tensor
 
@@ -30,7 +30,7 @@ def as_config(config: GenerationConfig | dict | None) -> GenerationConfig:
         try:
             return GenerationConfig(**config)
         except ValidationError as e:
-            raise BildError(f"invalid generation config: {describe_errors(e, GenerationConfig)}") from None
+            raise BildError(f"invalid generation config: {describe_errors(e, GenerationConfig, got=True)}") from None
     raise BildError(f"config must be a GenerationConfig or a dict, not {type(config).__name__}")
 
 

@@ -31,11 +31,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError, model_validator
 
-from bild.errors import BildError
+from bild.errors import BildError, describe_errors
 from bild.files import write_atomic
 
 FORMAT = "bild-cost-model/2"  # 1: no spreads, no noise record
 DIP = 0.10  # a pass may be this much cheaper than a shorter one (beyond its spread) before a file is refused
+NOISE_FLOOR = 0.002  # seconds: below this, sub-millisecond passes jitter by the timer's and Python's own noise
 log = logging.getLogger("bild")
 
 
@@ -60,7 +61,7 @@ class PassCosts(BaseModel):
             raise ValueError(f"spread has {len(self.spread)} values for {len(self.passes)} pass lengths")
         for n in range(1, len(self.passes)):
             noise = DIP + (max(self.spread[n - 1], self.spread[n]) if self.spread else 0.0)
-            if self.passes[n] < self.passes[n - 1] * (1 - noise):
+            if self.passes[n] < self.passes[n - 1] * (1 - noise) - NOISE_FLOOR:
                 raise ValueError(f"passes[{n}] (a pass of {n + 1} tokens, {self.passes[n]:.4g} s) is cheaper than "
                                  f"passes[{n - 1}] ({self.passes[n - 1]:.4g} s) beyond its noise: a longer pass "
                                  "cannot cost less; calibrate again on a quiet machine")
@@ -129,12 +130,10 @@ class CostModel(BaseModel):
         except IsADirectoryError:
             raise BildError(f"cost model {str(path)!r} is a folder: give the JSON file of `bild calibrate`") from None
         except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(str(part) for part in err["loc"]) or "the file"
-            if err["type"] in ("value_error", "assertion_error"):
-                raise BildError(f"cost model {str(path)!r}: {where}: {err['msg'].removeprefix('Value error, ')}"
-                                ) from None
-            raise BildError(f"{str(path)!r} is not a bild cost model ({where}: {err['msg']}): make one with "
+            problem = describe_errors(e, where=lambda loc: ".".join(map(str, loc)) or "the file", first=True)
+            if e.errors()[0]["type"] in ("value_error", "assertion_error"):
+                raise BildError(f"cost model {str(path)!r}: {problem}") from None
+            raise BildError(f"{str(path)!r} is not a bild cost model ({problem}): make one with "
                             "`bild calibrate`") from None
         except (OSError, ValueError, TypeError) as e:
             raise BildError(f"{str(path)!r} is not a bild cost model ({type(e).__name__}): make one with "

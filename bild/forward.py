@@ -27,8 +27,10 @@ prompt) and passes longer than the top bucket run eagerly at their exact length.
 
 Capture: a padded runner prepares every bucket when a generation starts on a cache that lacks
 it (once per cache: in a bench, during its warm-up), from position 0 of the empty cache, by a
-`Capture`: CUDA graphs on one side stream into one memory pool, or torch.compile. A bucket
-whose capture fails runs eagerly, with one warning line.
+`Capture`: CUDA graphs on one side stream into one memory pool, or torch.compile. Each capture
+is then replayed once against the eager pass on the same inputs (a graph that recorded nothing
+reports itself captured and replays stale outputs). A bucket whose capture fails either way runs
+eagerly, with one warning line.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from bild.errors import BildError
 log = logging.getLogger("bild")
 
 TOP = 4  # probabilities of the most likely tokens each pass reports (a margin, a runner-up's weight)
+REPLAY_TOLERANCE = 0.05  # a replay's logits within this share of the largest eager logit: the capture computes
 Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # a padded pass: logits, summary, hidden
 Undo = Callable[[], None]  # puts the cache's pointer back where it was before the step ran
 Capture = Callable[[Step, Undo], Step]  # a padded pass over static inputs -> its fast version
@@ -302,7 +305,26 @@ class PaddedRunner(StaticRunner):
             nxt = torch.cat([inputs[0, 1:], inputs.new_zeros(1)])  # [B]
             return logits, summarize(logits, nxt), self.hidden  # hidden: set by the hook in this pass
 
-        return host, inputs, self.capture(step, lambda: rewind(self.cache, size))
+        def undo() -> None:
+            rewind(self.cache, size)
+
+        replay = self.capture(step, undo)
+        self.check_replay(inputs, step, replay, undo)
+        return host, inputs, replay
+
+    def check_replay(self, inputs: torch.Tensor, step: Step, replay: Step, undo: Undo) -> None:
+        """A captured step must compute what the eager one does on the same inputs: a graph recorded on the wrong
+        device, or one that recorded nothing, replays stale outputs while reporting itself captured."""
+        inputs.copy_(torch.arange(1, inputs.shape[1] + 1, device=inputs.device).mul_(7919).remainder_(self.vocab)
+                     .unsqueeze(0))  # [1, B]: tokens unlike the capture's zeros
+        eager = step()[0].float().cpu()  # [B, V]
+        undo()
+        replayed = replay()[0].float().cpu()  # [B, V]
+        undo()
+        inputs.zero_()
+        # kernels may differ (inductor's fused ones) by rounding; stale outputs differ by the logits' own size
+        if not (replayed - eager).abs().max() <= REPLAY_TOLERANCE * eager.abs().max() + 1e-4:
+            raise RuntimeError("its replay does not compute what the eager pass does (stale outputs)")
 
     def feed(self, ids: list[int], keep: int) -> Pass:
         self.drop_pads()
@@ -338,29 +360,36 @@ class CudaGraphs:
     The graphs share the pool: they never replay at once, and each one's outputs stay allocated
     while it lives, so none writes over another's. Every graph is kept as long as the runner, since
     later captures may reuse memory (cuBLAS workspaces among it) that an earlier graph recorded.
+    Streams, pools and replays belong to the current CUDA device, which need not be the model's
+    (`--device cuda:1`, a second rank): capture and replay run with the model's device current, or
+    the capture records nothing and every replay returns stale outputs.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.stream: torch.cuda.Stream | None = None
         self.pool = None
         self.graphs: list[torch.cuda.CUDAGraph] = []
 
     def __call__(self, step: Step, undo: Undo) -> Step:
-        if self.stream is None:
-            self.stream, self.pool = torch.cuda.Stream(), torch.cuda.graph_pool_handle()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream):
-            for _ in range(2):  # allocations, lazy initialisation, autotuning: outside the capture
-                step()
-                undo()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
-                outputs = step()  # recorded, not run: the cache's pointer does not move here
-        torch.cuda.current_stream().wait_stream(self.stream)
+        with torch.cuda.device(self.device):
+            if self.stream is None:
+                self.stream, self.pool = torch.cuda.Stream(self.device), torch.cuda.graph_pool_handle()
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                for _ in range(2):  # allocations, lazy initialisation, autotuning: outside the capture
+                    step()
+                    undo()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool, stream=self.stream):
+                    outputs = step()  # recorded, not run: the cache's pointer does not move here
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
         self.graphs.append(graph)
+        device = self.device
 
         def replay() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-            graph.replay()
+            with torch.cuda.device(device):
+                graph.replay()
             return outputs
 
         return replay
@@ -423,5 +452,5 @@ def make_runner(model: PreTrainedModel, vocab: int, fast_path: str, most: int, c
     if fast_path == "static":
         return StaticRunner(model, vocab, context, label)
     if fast_path == "graph":
-        return PaddedRunner(model, vocab, context, most, CudaGraphs(), "graph", label=label)
+        return PaddedRunner(model, vocab, context, most, CudaGraphs(model.device), "graph", label=label)
     return PaddedRunner(model, vocab, context, most, compiled, "compile", powers_of_two, label)  # a shape: a compile

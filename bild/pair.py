@@ -160,6 +160,22 @@ def placement_kwargs(placement: Placement) -> dict[str, Any]:
     return kwargs
 
 
+def check_covered(name: str, auto: Any, config: PretrainedConfig, device_map: dict[str, Any]) -> None:
+    """A device map given module by module must place every weight: modules it leaves out would be put
+    somewhere without a word. Checked on the model's skeleton (no weights: accelerate's empty init)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        skeleton = auto.from_config(config)
+    prefixes = [str(k) for k in device_map]
+    unplaced = sorted({n.rsplit(".", 1)[0] for n, _ in skeleton.named_parameters()
+                       if not any(k == "" or n == k or n.startswith(k + ".") for k in prefixes)})
+    if unplaced:
+        shown = ", ".join(unplaced[:4]) + (f" and {len(unplaced) - 4} more" if len(unplaced) > 4 else "")
+        raise BildError(f"the device map for {name!r} leaves {len(unplaced)} module(s) unplaced ({shown}): map "
+                        "every module (a parent's name covers its children), or use --large-device-map auto")
+
+
 def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype: torch.dtype,
                placement: Placement | None = None) -> PreTrainedModel:
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
@@ -171,6 +187,8 @@ def load_model(name: str, config: PretrainedConfig, device: torch.device, dtype:
         except ImportError:
             raise BildError(f"placing {name!r} over devices needs accelerate: pip install "
                             "'big-little-decoder[multi-device]'") from None
+    if placement is not None and isinstance(placement.device_map, dict):
+        check_covered(name, auto, config, placement.device_map)
     try:
         model = auto.from_pretrained(path, config=config, dtype=dtype, **kwargs, **spread)
     except Exception as e:  # torn files, shapes that do not match config.json, a placement that does not fit, ...

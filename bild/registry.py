@@ -13,22 +13,20 @@ The built-in policies (the top-level `policies` package) are declared the same w
 never imports them. Entry points load lazily: only when a name is not among the registered
 classes, or when all policies are listed. Unknown names fail with the close matches.
 
-`parameters(cls)` reads a policy's fields once for everyone: `bild policies` prints them and
-the tuner derives its search space from them (`ge`/`le` bounds are closed, `gt`/`lt` open).
+A policy's parameters as tools see them are bild/parameters.py's; where a policy's code comes
+from, for a result's provenance, is the lab's (bild/lab/identity.py).
 """
 
 from __future__ import annotations
 
 import logging
-import typing
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from bild.errors import BildError, unknown_name
+from bild.errors import BildError, describe_errors, unknown_name
 from bild.policy import Policy
 
 ENTRY_POINT_GROUP = "bild.policies"
@@ -114,89 +112,4 @@ def make_policy(name: str | Policy | type[Policy], params: dict[str, Any] | None
     try:
         return cls(**values)
     except ValidationError as e:
-        raise BildError(f"invalid parameters for policy {label!r}: {describe_errors(e, cls)}") from None
-
-
-def describe_errors(error: ValidationError, model: type[BaseModel]) -> str:
-    """pydantic's errors as one line; unknown fields get their close matches."""
-    problems = []
-    for err in error.errors():
-        key = ".".join(map(str, err["loc"]))
-        if err["type"] == "extra_forbidden":
-            problems.append(str(unknown_name("parameter", key, model.model_fields)))
-        else:
-            problems.append(f"{key}: {err['msg']} (got {err.get('input')!r})" if key else err["msg"])
-    return "; ".join(problems)
-
-
-# --- where a policy comes from --------------------------------------------------------------------
-
-
-def policy_origin(cls: type[Policy]) -> dict[str, Any]:
-    """Where `cls` comes from, for a result's provenance: the distribution and version behind its entry point,
-    else its module and file; with a hash of that file (`code`) when it can be read, `{"source": "unknown"}`
-    when neither can be found."""
-    import inspect
-
-    target = f"{cls.__module__}:{cls.__qualname__}"
-    code = {"code": digest} if (digest := code_hash(cls)) else {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value == target and ep.dist is not None:
-            return {"source": "entry point", "name": ep.name, "distribution": ep.dist.metadata["Name"],
-                    "version": ep.dist.version, "object": target, **code}
-    if not code:  # defined in a notebook cell or with exec
-        return {"source": "unknown", "object": target}
-    return {"source": "module", "object": target, "file": inspect.getsourcefile(cls), **code}
-
-
-def code_hash(cls: type[Policy]) -> str | None:
-    """A hash of the file that defines `cls`: its module-level helpers and constants decide too, and an editable
-    install keeps its version while the code changes. None when there is no such file."""
-    import hashlib
-    import inspect
-
-    try:
-        return hashlib.sha256(Path(inspect.getsourcefile(cls)).read_bytes()).hexdigest()[:16]
-    except (OSError, TypeError):
-        return None
-
-
-# --- parameters ----------------------------------------------------------------------------------
-
-
-class Parameter(BaseModel):
-    """One policy parameter as tools see it."""
-
-    name: str
-    type: str  # float, int, bool, str or choice
-    default: Any = None
-    required: bool = False
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False  # `gt`: the low bound itself is not allowed
-    high_open: bool = False  # `lt`
-    choices: list[Any] | None = None
-    description: str = ""
-    applies_when: dict[str, list[Any]] = {}  # only meaningful when these parameters take these values
-    sampling_only: list[Any] = []  # choices that only differ from others when sampling
-
-
-def parameters(cls: type[Policy]) -> list[Parameter]:
-    """`cls`'s fields with their types, defaults, bounds, choices and conditions."""
-    found = []
-    for name, info in cls.model_fields.items():
-        p = Parameter(name=name, type=getattr(info.annotation, "__name__", "any"), required=info.is_required(),
-                      default=None if info.is_required() else info.default, description=info.description or "")
-        if typing.get_origin(info.annotation) is typing.Literal:
-            p.type, p.choices = "choice", list(typing.get_args(info.annotation))
-        for m in info.metadata:
-            for attr, bound, is_open in (("ge", "low", False), ("gt", "low", True), ("le", "high", False),
-                                         ("lt", "high", True)):
-                if getattr(m, attr, None) is not None:
-                    setattr(p, bound, getattr(m, attr))
-                    setattr(p, f"{bound}_open", is_open)
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        p.applies_when = {k: v if isinstance(v, list) else [v] for k, v in extra.get("applies_when", {}).items()}
-        p.sampling_only = list(extra.get("sampling_only", []))
-        found.append(p)
-    return found
+        raise BildError(f"invalid parameters for policy {label!r}: {describe_errors(e, cls, got=True)}") from None

@@ -27,6 +27,12 @@ the probability that a draft survives given the small model's max probability (B
 the rate R (tokens over modelled time of the rounds so far). Everything is counted, nothing
 timed, so a run is reproducible from its seed and a fresh state.
 
+Context lookup goes first (`lookup_min`, policies/lookup.py): where the context repeats, its
+proposal is drafted and verified at once, without the small model; only the small model's drafts
+teach the survival bins, and every round's passes, the small model's catch-up over looked-up
+drafts included, count in the rate. The default, `lookup_min=2` as `exact`'s, tied with 1 for the
+fastest of 0–3 on the tuning prompts (modelled 2.07× and 2.08×, docs/results.md §11).
+
 With the `exact` rollback rule (the default) the output is the large model's greedy output, only
 faster; with `nll` it is the paper's speed-quality trade-off with one knob, `rollback_threshold`.
 """
@@ -38,6 +44,7 @@ from dataclasses import dataclass, field
 from bild.costs import CostModel
 from bild.policy import DraftStep, Outcome, Verification
 from bild.registry import register_policy
+from policies.lookup import LookupFirst
 from policies.rules import RollbackRule, RulePolicy
 
 BINS = 20
@@ -77,7 +84,7 @@ def bin_of(max_prob: float) -> int:
 
 
 @register_policy("adaptive")
-class AdaptivePolicy(RulePolicy):
+class AdaptivePolicy(LookupFirst, RulePolicy):
     """Keep drafting while another draft's expected gain exceeds its cost, learned online: no thresholds."""
 
     rollback_rule: RollbackRule = "exact"  # lossless by default; nll: the paper's trade-off, one knob
@@ -140,8 +147,9 @@ class AdaptivePolicy(RulePolicy):
             if survived is not None:
                 (state.accepted if survived else state.rejected)[bin_] += 1
         costs = verification.costs
-        small_passes = outcome.drafted + (outcome.ended == "fallback")  # a discarded draft cost a pass too
-        state.cost += (small_passes * costs.small.pass_seconds(1) + costs.large.pass_seconds(outcome.drafted + 1)
-                       ) / costs.large.pass_seconds(1)
+        small_passes = outcome.drafted - outcome.looked_up + (outcome.ended == "fallback")  # a discarded draft too
+        catch_up = costs.small.pass_seconds(outcome.looked_up) if outcome.looked_up else 0.0  # over looked-up drafts
+        state.cost += (small_passes * costs.small.pass_seconds(1) + catch_up
+                       + costs.large.pass_seconds(outcome.drafted + 1)) / costs.large.pass_seconds(1)
         state.tokens += outcome.kept + 1
         state.survival, state.pending, state.discarded = 1.0, [], None

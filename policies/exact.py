@@ -9,7 +9,7 @@ modelled speed in a sweep on the tuning prompts of docs/results.md (§3); `adapt
 stopping point itself. The parameter was called `fallback_threshold` before 0.3, and that name
 is still accepted, with a deprecation warning: it never caused a fallback.
 
-`lookup_min` adds context lookup (bild/sources.py) in front of the small model: before each
+`lookup_min` adds context lookup in front of the small model (policies/lookup.py): before each
 small pass, when the last `lookup_min` or more tokens occurred earlier in the prompt or output,
 what followed them is drafted instead, and verified at once. Drafts never change the output,
 only how fast it comes. The default, 2, was the fastest (modelled) of 0–3 on the tuning prompts
@@ -23,14 +23,14 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from bild.policy import DraftStep, Policy, ProposalView, Verification
+from bild.policy import DraftStep, Verification
 from bild.registry import register_policy
-from bild.sources import ContextLookup
+from policies.lookup import LookupFirst
 from policies.rules import low_confidence
 
 
 @register_policy("exact")
-class ExactPolicy(Policy):
+class ExactPolicy(LookupFirst):
     """Greedy speculative decoding: output identical to the large model alone."""
 
     verify_below: float = Field(0.4, ge=0.0, le=1.0, description=(
@@ -45,16 +45,6 @@ class ExactPolicy(Policy):
                           DeprecationWarning, stacklevel=2)
             data = {("verify_below" if k == "fallback_threshold" else k): v for k, v in data.items()}
         return data
-
-    lookup_min: int = Field(2, ge=0, le=3, description=(
-        "draft what followed the last N or more tokens where they occurred earlier (context lookup) instead of a "
-        "small pass, when N >= this (0: never)"))
-
-    def draft_source(self) -> ContextLookup | None:
-        return ContextLookup(max_ngram=3, min_ngram=self.lookup_min) if self.lookup_min else None
-
-    def lookup(self, proposal: ProposalView) -> int:
-        return len(proposal.tokens)
 
     def fallback(self, step: DraftStep) -> bool:
         return False

@@ -124,7 +124,8 @@ class Replaying:
     output tensors, and every replay copies its results into those same tensors, so whatever held an
     output sees the next replay's values, as on a GPU."""
 
-    def __init__(self) -> None:
+    def __init__(self, device=None) -> None:
+        self.device = device  # the model's device, as CudaGraphs is given
         self.captured: list[int] = []  # the bucket sizes captured, in order
 
     def __call__(self, step, undo):
@@ -146,8 +147,8 @@ def fake_graphs(monkeypatch):
     made: list[Replaying] = []
     resolve = bild.forward.resolve_fast_path
 
-    def capture() -> Replaying:
-        made.append(Replaying())
+    def capture(device=None) -> Replaying:
+        made.append(Replaying(device))
         return made[-1]
 
     def resolve_on_cpu(requested, model, label="model"):

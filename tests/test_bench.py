@@ -271,3 +271,20 @@ def test_a_second_writer_of_one_report_is_refused(load_pair, examples, tmp_path)
     run_bench(load_pair("llama"), examples[:1], parse_methods("large", {}), CFG, out=str(tmp_path / "r.json"),
               progress=False)
     assert not (tmp_path / "r.json.lock").exists()
+
+
+def test_the_split_without_loops_leaves_out_exactly_the_prompts_whose_large_output_ends_in_a_loop(load_pair, examples):
+    from bild.lab.oracle import ends_in_loop
+
+    assert ends_in_loop([5, 1, 2, 3] + [7, 8, 9] * 8) and ends_in_loop(list(range(30)) + [4] * 17)
+    assert not ends_in_loop([7, 8, 9] * 8 + list(range(30))) and not ends_in_loop(list(range(30)) + [4] * 15)
+    report, results = run_bench(load_pair("llama"), examples, parse_methods("large,exact,pld", {}),
+                                GenerationConfig(max_new_tokens=32), progress=False)
+    split = report["without_loops"]
+    looping = [ends_in_loop(m.tokens) for m in results["large"]]
+    assert (split["reference"], split["looping"], split["prompts"]) == ("large", sum(looping), len(examples))
+    for name, row in split["methods"].items():
+        assert row["prompts"] == len(examples) - sum(looping), name
+    if split["methods"]:
+        assert split["methods"]["large"]["speedup_vs_large"] == 1.0
+    assert ("ends in a loop" in format_table(report)) == (0 < sum(looping) < len(examples))

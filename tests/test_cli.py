@@ -14,7 +14,7 @@ from conftest import one_error
 
 def bild(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "bild.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bild", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 

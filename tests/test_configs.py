@@ -57,7 +57,7 @@ def test_every_config_runs_from_a_fresh_clone(fresh_clone, path):
         small, large = stand_ins["chat" if chat else "t5"]
         extra += ["--set", "pair=null", "--set", f"small={small}", "--set", f"large={large}", "--set",
                   f"data_dir={copies}"]
-    run = subprocess.run([sys.executable, "-m", "bild.cli", "run", f"experiments/{path.name}", "--set", "n=2", "--set",
+    run = subprocess.run([sys.executable, "-m", "bild", "run", f"experiments/{path.name}", "--set", "n=2", "--set",
                           "generation.max_new_tokens=4", "--set", "wandb_mode=disabled", *extra], cwd=root,
                          env={**os.environ, "BILD_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}, capture_output=True,
                          text=True, timeout=600)

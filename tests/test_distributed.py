@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bild import GenerationConfig, ModelPair, generate, generate_single
+from bild import BildError, GenerationConfig, ModelPair, generate, generate_single
 from bild.lab.cli import main as cli
 from bild.pair import Placement
 
@@ -23,7 +23,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 def torchrun(ranks: int, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
-                           "--master-port", str(29500 + os.getpid() % 1000), "-m", "bild.cli", *args],
+                           "--master-port", str(29500 + os.getpid() % 1000), "-m", "bild", "--", *args],
                           capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
@@ -88,6 +88,10 @@ def test_ranks_that_cannot_work_stop_together_with_one_line(setup, capsys):
     assert run.returncode != 0 and "needs --json OUT" in run.stderr and run.stderr.count("bild: error:") == 1
     assert cli([*setup["bench"], "--large-tp", "2"]) == 2
     assert "launch with torchrun --nproc-per-node 2" in one_error(capsys.readouterr().err)
+    # ranks that sample apart would stop matching in the model's collectives: refused before any model loads
+    run = torchrun(2, *setup["bench"], "--large-tp", "2", "--temperature", "0.7", "--json", str(root / "tp.json"))
+    assert run.returncode != 0 and run.stderr.count("bild: error:") == 1
+    assert "sampling with --large-tp needs --seed" in run.stderr
 
 
 def test_ranks_that_disagree_are_named_by_rank_0(tmp_path):
@@ -124,3 +128,34 @@ def test_a_large_model_spread_over_cpu_and_disk_keeps_exact_the_large_models_out
     for prompt in PROMPTS[:3]:
         assert generate(pair, prompt, "exact", config).token_ids == generate_single(pair, prompt, "large",
                                                                                      config).token_ids
+
+
+def test_a_device_map_that_leaves_modules_unplaced_is_one_line_and_a_whole_one_loads(setup):
+    partial = Placement(device_map={"model.embed_tokens": "cpu"})
+    with pytest.raises(BildError, match=r"leaves \d+ module\(s\) unplaced \(.*model\.layers\.0"):
+        ModelPair.from_pretrained(setup["small"], setup["large"], device="cpu", large_placement=partial)
+    whole = Placement(device_map={"model": "cpu", "lm_head": "cpu"})  # a parent's name covers its children
+    pair = ModelPair.from_pretrained(setup["small"], setup["large"], device="cpu", large_placement=whole)
+    config = GenerationConfig(max_new_tokens=8)
+    assert generate(pair, PROMPTS[0], "exact", config).token_ids == generate_single(pair, PROMPTS[0], "large",
+                                                                                     config).token_ids
+
+
+def test_each_rank_loads_its_pair_on_its_own_gpu(setup, monkeypatch):
+    """Under torchrun on GPUs every rank's models go to cuda:LOCAL_RANK unless --device says otherwise (the
+    small model under tensor parallel too): nothing is left on GPU 0 for every rank. CUDA monkeypatched."""
+    import torch
+
+    from bild.lab import experiment
+    from bild.lab.options import BenchOptions
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ModelPair, "from_pretrained", staticmethod(lambda *a, **kw: asked.append(kw["device"])))
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    experiment.load_pair(BenchOptions(small=setup["small"], large=setup["large"]))
+    experiment.load_pair(BenchOptions(small=setup["small"], large=setup["large"], device="cuda:1"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    experiment.load_pair(BenchOptions(small=setup["small"], large=setup["large"]))
+    assert asked == ["cuda:3", "cuda:1", None]

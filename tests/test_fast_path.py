@@ -86,6 +86,8 @@ def test_the_graph_path_bookkeeping_decodes_what_off_does(twin, family, fake_gra
     captured = [size for capture in fake_graphs for size in capture.captured]
     runners = [r for (_, path), r in graph._runners.items() if path == "graph"]
     assert len(captured) == sum(len(r.steps) for r in runners) <= sum(len(r.buckets) for r in runners)
+    # each capture is made on its own model's device (on a GPU: streams and graphs of a model on cuda:1 go there)
+    assert {str(c.device) for c in fake_graphs} == {str(graph.large.device)}
 
 
 @pytest.mark.parametrize("cap", [None, 16, 20])
@@ -149,6 +151,18 @@ def test_what_a_policy_holds_does_not_change_when_the_graph_replays(twin, fake_g
     assert len(state) > 6 and all(torch.equal(held, then) for held, then in state)
 
 
+def capturing_twins(twin, monkeypatch, capture) -> tuple[ModelPair, ModelPair]:
+    """(off, graph) twins whose `graph` runs on the CPU through the stand-in `capture` for CUDA graphs."""
+    monkeypatch.setattr(bild.forward, "CudaGraphs", capture)
+    resolve = bild.forward.resolve_fast_path
+    monkeypatch.setattr(bild.forward, "resolve_fast_path",
+                        lambda requested, model, label="model": "graph" if requested == "graph" else resolve(
+                            requested, model, label))
+    off, graph = twin("llama")
+    graph._runners.clear()
+    return off, graph
+
+
 def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeypatch, caplog):
     """A capture that raises for passes of 3 tokens: one warning line, those passes eager, the rest captured."""
     from conftest import Replaying
@@ -160,13 +174,7 @@ def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeyp
             undo()
             return super().__call__(step, undo)
 
-    monkeypatch.setattr(bild.forward, "CudaGraphs", FailsAtThree)
-    resolve = bild.forward.resolve_fast_path
-    monkeypatch.setattr(bild.forward, "resolve_fast_path",
-                        lambda requested, model, label="model": "graph" if requested == "graph" else resolve(
-                            requested, model, label))
-    off, graph = twin("llama")
-    graph._runners.clear()
+    off, graph = capturing_twins(twin, monkeypatch, FailsAtThree)
     config = GenerationConfig(max_new_tokens=24, max_draft_tokens=4)
     with caplog.at_level("WARNING", logger="bild"):
         for prompt in PROMPTS[:4]:
@@ -177,6 +185,31 @@ def test_a_failed_capture_leaves_its_bucket_eager_with_one_warning(twin, monkeyp
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "1 of 5 graph buckets of the large model" in warning and "passes of 3 tokens" in warning
     assert (b.stats.large.graphs_captured, b.stats.large.graph_buckets) == (4, 5)
+
+
+def test_a_capture_that_recorded_nothing_is_caught_and_its_buckets_run_eagerly(twin, monkeypatch, caplog):
+    """A graph captured on the wrong device records nothing and replays whatever its outputs held: the runner
+    checks each replay against the eager pass, warns, and runs those passes eagerly, so the output is off's."""
+
+    class RecordsNothing:
+        def __init__(self, device=None):
+            self.device = device
+
+        def __call__(self, step, undo):
+            outputs = step()  # what capture time left in the static outputs; replays never recompute them
+            undo()
+            return lambda: outputs
+
+    off, graph = capturing_twins(twin, monkeypatch, RecordsNothing)
+    config = GenerationConfig(max_new_tokens=16, max_draft_tokens=4)
+    with caplog.at_level("WARNING", logger="bild"):
+        for prompt in PROMPTS[:2]:
+            a = generate(off, prompt, "exact", config.model_copy(update={"fast_path": "off"}))
+            b = generate(graph, prompt, "exact", config.model_copy(update={"fast_path": "graph"}))
+            assert a.token_ids == b.token_ids
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all("stale outputs" in w for w in warnings)
+    assert b.stats.large.graphs_captured == 0
 
 
 SYNCS = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::item"}
@@ -314,3 +347,20 @@ def test_a_generation_sized_inside_the_pad_room_gets_a_cache_of_its_own(tmp_path
         runner.feed([3 + i % 200 for i in range(264)], 1)  # the prompt: 264 positions
         out = runner.feed(list(range(3, 20)), 17)  # 17 real tokens, padded to 32
     assert len(out.argmax) == 17
+
+
+def test_the_output_layer_is_given_a_tensor_of_its_own_when_a_pass_keeps_fewer_rows(load_pair):
+    """A multi-token pass keeping its last row hands the output layer a view offset into the hidden states; some
+    CPU bf16 kernels run 4-5x slower on such a view (the real pair's 151,936-token head). The runner gives the
+    head a contiguous tensor starting at its own storage: what the fast kernel needs, checked without a clock."""
+    pair = load_pair("llama", 1)
+    seen = []
+    hooks = [model.get_output_embeddings().register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].shape[1], args[0].storage_offset(), args[0].is_contiguous())))
+        for model in (pair.small, pair.large)]
+    try:
+        generate(pair, PROMPTS[0], make_policy("exact", lookup_min=1), GenerationConfig(max_new_tokens=24))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(offset == 0 and contiguous for _, offset, contiguous in seen)

@@ -45,7 +45,8 @@ class Rounds(Observer):
 
 
 def lossless_policies(rng: random.Random) -> list[Policy]:
-    return [make_policy("exact", verify_below=rng.choice([0.0, 0.2, 0.4, 0.7]), lookup_min=0), make_policy("adaptive"),
+    return [make_policy("exact", verify_below=rng.choice([0.0, 0.2, 0.4, 0.7]), lookup_min=0),
+            make_policy("adaptive", lookup_min=0),
             make_policy("bild", fallback_threshold=rng.uniform(0, 0.9), rollback_rule="exact"),
             make_policy("entropy", entropy_threshold=rng.uniform(0.5, 4), rollback_rule="exact")]
 
@@ -134,8 +135,8 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     pair = load_pair("llama", 1)
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:4])]
     lossy = "bild@fallback_threshold=0@rollback_threshold=30"
-    methods = parse_methods(f"large,large-hf,exact@lookup_min=0,exact@verify_below=0@lookup_min=0,adaptive,exact,"
-                            f"{lossy}")
+    methods = parse_methods(f"large,large-hf,exact@lookup_min=0,exact@verify_below=0@lookup_min=0,"
+                            f"adaptive@lookup_min=0,exact,{lossy}")
     report, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
     o, rows = report["oracle"], report["methods"]
     assert o["anchor"] == "large" and o["prompts"] == 4 and len(o["per_prompt_oracle_speedup"]) == 4
@@ -147,7 +148,7 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     assert o["modelled_speedup"] >= o["best_fixed"]["modelled_speedup"]
     assert 0 < o["ideal"]["efficiency"] <= 1 + 1e-9
     assert o["ideal"]["modelled_speedup"] == pytest.approx(o["ideal"]["efficiency"] * o["modelled_speedup"])
-    for name in ("exact@lookup_min=0", "exact@verify_below=0@lookup_min=0", "adaptive"):  # a gap that adds up
+    for name in ("exact@lookup_min=0", "exact@verify_below=0@lookup_min=0", "adaptive@lookup_min=0"):  # adds up
         r = rows[name]
         assert 0 < r["efficiency"] <= 1 + 1e-9
         assert r["efficiency"] == pytest.approx(r["modelled_speedup_vs_large"] / o["modelled_speedup"])

@@ -13,8 +13,8 @@ import pytest
 from bild import BildError, GenerationConfig, make_policy
 from bild.lab.cli import main as cli
 from bild.lab.experiment import execute_bench
+from bild.lab.identity import policy_origin
 from bild.lab.options import BenchOptions
-from bild.registry import policy_origin
 from policies import register_policy, unregister_policy
 
 from conftest import NeverFallback

@@ -71,7 +71,8 @@ def test_exact_with_any_source_is_the_large_models_greedy_output(load_pair, fami
             small, large_passes = passes([Round(*r) for r in result.rounds], result.prompt_tokens)
             assert small.passes == result.stats.small.passes and large_passes.passes == result.stats.large.passes
             assert small.prefill == result.stats.small.prefill and large_passes.calls == result.stats.large.calls
-        for policy in (make_policy("exact", lookup_min=1), make_policy("exact", lookup_min=2), make_policy("pld")):
+        for policy in (make_policy("exact", lookup_min=1), make_policy("exact", lookup_min=2), make_policy("pld"),
+                       make_policy("adaptive", lookup_min=1)):
             result = generate(pair, prompt, policy, CFG)
             assert result.token_ids == large and (policy.name != "pld" or result.stats.small.calls == 0)
 
@@ -123,7 +124,7 @@ def test_no_method_beats_the_oracle_of_its_own_sources_and_the_oracle_is_monoton
         for policy, sources in ((make_policy("exact", lookup_min=0), ("small",)), (make_policy("exact", lookup_min=1),
                                                                     ("small", "lookup")),
                                 (make_policy("exact", lookup_min=2), ("small", "lookup")),
-                                (make_policy("pld"), ("lookup",))):
+                                (make_policy("adaptive"), ("small", "lookup")), (make_policy("pld"), ("lookup",))):
             result = generate(pair, prompt, policy, CFG)
             assert COSTS.seconds(result.stats) >= best[sources][0] - 1e-9, (prompt, policy)
 

@@ -59,7 +59,7 @@ def worker_args(pair_dirs, tmp_path_factory):
 
 def start_worker(args: list[str], *extra: str, out_dir) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bild.cli", *args, "--out-dir", str(out_dir), *extra],
+    return subprocess.Popen([sys.executable, "-m", "bild", *args, "--out-dir", str(out_dir), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 

@@ -16,7 +16,17 @@ from bild.costs import CostModel
 from bild.errors import BildError
 from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
-from bild.lab.measure import Measurement, Method, Results, by_category, measure, peak_memory, priced_by, summarize
+from bild.lab.measure import (
+    Measurement,
+    Method,
+    Results,
+    by_category,
+    measure,
+    peak_memory,
+    priced_by,
+    summarize,
+    without_loops,
+)
 from bild.lab.oracle import limit, teach
 from bild.lab.render import category_table, figure, fmt, table
 from bild.lab.report import ReportWriter
@@ -192,9 +202,11 @@ def fill(report: dict[str, Any], methods: list[Method], results: Results, exampl
          costs: CostModel | None, config: GenerationConfig, done: int) -> None:
     """Everything a report derives from the per-prompt measurements: rows, categories, notes, the limit."""
     rows = summarize(methods, results, examples, costs, report["setup"].get("fit_tolerance", FIT_TOLERANCE))
+    anchor = {m: r["anchor"] for m, r in rows.items()}
     report.update(methods=rows, prompts_done=done, memory=peak_memory(),
                   notes=notes_for(rows, report["machine"]["dtype"], costs),
-                  categories=by_category(methods, results, examples, {m: r["anchor"] for m, r in rows.items()}))
+                  categories=by_category(methods, results, examples, anchor),
+                  without_loops=without_loops(methods, results, anchor, costs))
     add_limit(report, methods, results, costs, config)
 
 
@@ -245,7 +257,8 @@ def format_table(report: dict[str, Any]) -> str:
     mem = report.get("memory", {})
     tail = [f"peak RSS {mem['peak_rss_mib']:.0f} MiB"] if mem else []
     body = table(HEADERS, [table_row(name, r) for name, r in report["methods"].items()])
-    return "\n".join([head, body, *position_lines(report), *category_lines(report), *oracle_lines(report), *tail,
+    return "\n".join([head, body, *position_lines(report), *category_lines(report), *loop_lines(report),
+                      *oracle_lines(report), *tail,
                       *(f"note: {n}" for n in report.get("notes", []))])
 
 
@@ -263,6 +276,18 @@ def category_lines(report: dict[str, Any]) -> list[str]:
     """Speedup over each method's anchor and tau, per category then overall (Spec-Bench's table)."""
     categories = report.get("categories")
     return ["by category: speedup over its anchor (tau)", category_table(categories)] if categories else []
+
+
+def loop_lines(report: dict[str, Any]) -> list[str]:
+    """Each method on the prompts whose large output does not end in a loop, when some did (lookup's honest test)."""
+    split = report.get("without_loops")
+    if not split or not split["looping"] or not split["methods"]:
+        return []
+    rows = [[name, fmt(r["speedup_vs_large"], ".2f"), fmt(r["modelled_speedup_vs_large"], ".2f"),
+             fmt(r["mean_accepted_tokens"], ".2f")] for name, r in split["methods"].items()]
+    return [f"without the {split['looping']} of {split['prompts']} prompts whose `{split['reference']}` output ends "
+            f"in a loop ({split['prompts'] - split['looping']} prompts):",
+            table(["method", "x large", "modelled", "tau"], rows)]
 
 
 def oracle_lines(report: dict[str, Any]) -> list[str]:

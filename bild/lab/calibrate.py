@@ -14,10 +14,12 @@ processes took meanwhile (bild/lab/load.py); and it checks the curve's shape. It
 a length's spread exceeds `MAX_SPREAD`, other processes took more than `load.BUSY` of the
 machine, a pass is cheaper than a shorter one beyond its noise, or a 2-token pass costs more
 than `STEEP` one-token passes. A noisy calibration is measured again, up to `TRIES` times, with a
-line saying why; if it stays noisy, `bild calibrate` refuses to write it (exit 2, one line saying
-what was noisy) and a bench or tune prices this run with it but does not cache it, and says so
-— unless `--accept-noisy` is given, which is recorded in the file (`noise.accepted`) and so in
-every report priced by it.
+line saying why (an implausible curve that a second try on a steady machine reproduces within
+`AGREE` is the machine's own, e.g. a kernel that serves one row slower than two: it is kept, its
+prices made monotone, and `noise.reproduced` says so); if it stays noisy, `bild calibrate`
+refuses to write it (exit 2, one line saying what was noisy) and a bench or tune prices this run
+with it but does not cache it, and says so — unless `--accept-noisy` is given, which is recorded
+in the file (`noise.accepted`) and so in every report priced by it.
 
 One cost model per pair, device, dtype and fast path: a bench or tune without `--cost-model`
 uses the one cached for its setup (`$BILD_CACHE/costs/`, keyed by the models' shapes, the
@@ -44,9 +46,9 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from bild.config import GenerationConfig
-from bild.costs import CostModel, PassCosts
+from bild.costs import NOISE_FLOOR, CostModel, PassCosts
 from bild.engine import generate
-from bild.errors import BildError
+from bild.errors import BildError, describe_errors
 from bild.forward import Runner
 from bild.lab.identity import COST_KEYS, cost_mismatch, pair_identity
 from bild.lab.load import LoadMeter
@@ -56,10 +58,11 @@ from bild.schedule import widest
 
 CONTEXT = 128  # tokens before the timed passes: a typical prompt
 PREFILL_SECONDS = 10.0  # the time one prefill length may take, repeats included (at least 2 repeats)
-MAX_SPREAD = 0.5  # a length whose repeats' interquartile range exceeds this share of their median is noisy...
-NOISE_FLOOR = 0.002  # ...and this many seconds: sub-millisecond passes jitter by the timer's and Python's own noise
+MAX_SPREAD = 0.5  # a length whose repeats' interquartile range exceeds this share of their median is noisy
+# (and exceeds costs.NOISE_FLOOR seconds)
 STEEP = 3.0  # a 2-token pass costing more than this many 1-token passes is not a plausible curve
 TRIES = 3  # calibrations made before a noisy one is given up on
+AGREE = 0.10  # two tries whose pass costs are all within this share of each other measured the same curve
 
 
 class NoisyCalibration(BildError):
@@ -218,23 +221,37 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, prog
               accept_noisy: bool = False) -> CostModel:
     """Time this pair's passes on its device under `config`'s fast path and draft cap, again while the
     calibration is noisy (up to `TRIES` times); a calibration that stays noisy raises `NoisyCalibration`
-    unless `accept_noisy`."""
+    unless `accept_noisy`. An implausible curve measured twice alike on a steady machine is the machine's own
+    (a kernel that serves one row slower than two): it is kept, and says so."""
     identity = costs_identity(pair, config)  # outside inference mode: a tensor-parallel weight cannot be read in it
+    previous = None  # the last try's curves, when only their shape was in doubt
     for attempt in range(1, TRIES + 1):
-        costs, problems = measure_costs(pair, config, identity, repeats, progress)
-        if not problems:
+        costs, unsteady, shape = measure_costs(pair, config, identity, repeats, progress)
+        if not unsteady and not shape:
             return costs
-        print(f"bild calibrate: try {attempt} of {TRIES} was noisy ({'; '.join(problems)})"
+        if not unsteady and previous is not None and same_curves(previous, costs.noise["medians"]):
+            print(f"bild calibrate: try {attempt} measured the same curve as try {attempt - 1} ({'; '.join(shape)}): "
+                  "the machine's own, kept (priced monotone)", file=sys.stderr, flush=True)
+            return costs.model_copy(update={"noise": {**costs.noise, "problems": [], "reproduced": shape}})
+        previous = None if unsteady else costs.noise["medians"]
+        print(f"bild calibrate: try {attempt} of {TRIES} was noisy ({'; '.join(unsteady + shape)})"
               + ("; measuring again" if attempt < TRIES else ""), file=sys.stderr, flush=True)
     if not accept_noisy:
-        raise NoisyCalibration(costs, problems)
+        raise NoisyCalibration(costs, unsteady + shape)
     return costs.model_copy(update={"noise": {**costs.noise, "accepted": True}})
+
+
+def same_curves(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:
+    """Whether two tries measured every model's pass costs within `AGREE` of each other (or the noise floor)."""
+    return all(abs(x - y) <= AGREE * max(x, y) + NOISE_FLOOR
+               for which in a for x, y in zip(a[which], b[which], strict=True))
 
 
 @torch.inference_mode()
 def measure_costs(pair: ModelPair, config: GenerationConfig, identity: dict, repeats: int, progress: bool
-                  ) -> tuple[CostModel, list[str]]:
-    """One calibration, and what was noisy about it (nothing: an empty list)."""
+                  ) -> tuple[CostModel, list[str], list[str]]:
+    """One calibration, what made the machine unsteady while it ran and what is implausible in its curves
+    (`noise_problems`; nothing: two empty lists)."""
     from policies import make_policy
 
     cap = config.draft_cap()
@@ -252,31 +269,33 @@ def measure_costs(pair: ModelPair, config: GenerationConfig, identity: dict, rep
     load = meter.read()
     medians = {w: [statistics.median(x) for x in samples[w]] for w in runners}
     spreads = {w: [round(spread(x), 4) for x in samples[w]] for w in runners}
-    problems = noise_problems(medians, spreads, load)
+    unsteady, shape = noise_problems(medians, spreads, load)
     costs = {w: PassCosts(passes=list(itertools.accumulate(medians[w], max)), prefill=prefill[w], spread=spreads[w])
              for w in runners}  # stored monotone, as it is priced: an accepted noisy dip cannot refuse its own file
-    noise = {"spread": {w: max(spreads[w]) for w in runners}, "load": load, "problems": problems,
-             "accepted": False, "repeats": repeats}
+    noise = {"spread": {w: max(spreads[w]) for w in runners}, "load": load, "problems": unsteady + shape,
+             "accepted": False, "repeats": repeats, "medians": medians}  # medians: the curves as measured
     return CostModel(small=costs["small"], large=costs["large"], overhead_per_pass=overhead,
                      identity={**identity, "cap": cap}, noise=noise,
-                     created=datetime.now(timezone.utc).isoformat(timespec="seconds")), problems
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds")), unsteady, shape
 
 
-def noise_problems(medians: dict[str, list[float]], spreads: dict[str, list[float]], load: dict) -> list[str]:
-    """What makes a calibration untrustworthy: spread, a busy machine, an implausible curve."""
-    problems = []
+def noise_problems(medians: dict[str, list[float]], spreads: dict[str, list[float]], load: dict
+                   ) -> tuple[list[str], list[str]]:
+    """What makes a calibration untrustworthy: (an unsteady machine: busy, or repeats that spread; an implausible
+    curve, which only a second try can tell from the machine's own)."""
+    unsteady, shape = [], []
     if load["busy"]:
-        problems.append(f"other processes took {100 * load['others_cpu']:.0f}% of the {load['cores']} cores")
+        unsteady.append(f"other processes took {100 * load['others_cpu']:.0f}% of the {load['cores']} cores")
     for which in medians:
         worst = max(range(len(spreads[which])), key=spreads[which].__getitem__)
         if spreads[which][worst] > MAX_SPREAD and spreads[which][worst] * medians[which][worst] > NOISE_FLOOR:
-            problems.append(f"the {which} model's passes of {worst + 1} tokens spread by "
+            unsteady.append(f"the {which} model's passes of {worst + 1} tokens spread by "
                             f"{100 * spreads[which][worst]:.0f}% of their median")
         passes = medians[which]
         if len(passes) > 1 and passes[1] > STEEP * passes[0]:
-            problems.append(f"a {which} pass of 2 tokens costs {passes[1] / passes[0]:.1f}x one of 1 token")
+            shape.append(f"a {which} pass of 2 tokens costs {passes[1] / passes[0]:.1f}x one of 1 token")
         try:
             PassCosts(passes=passes, prefill=(0.0, 0.0), spread=spreads[which])
         except ValidationError as e:
-            problems.append(f"the {which} model's {e.errors()[0]['msg'].removeprefix('Value error, ')}")
-    return problems
+            shape.append(f"the {which} model's {describe_errors(e, where=lambda loc: '', first=True)}")
+    return unsteady, shape

@@ -92,4 +92,11 @@ def conversations(pair: ModelPair, examples: list[Example], mode: ChatMode, syst
             conversation.first = ids if max_new_tokens is None else encode_prompt(pair, ids, max_new_tokens)
         except BildError as e:
             raise BildError(f"example {conversation.example.id!r}: {e}") from None
+        if max_new_tokens is not None and conversation.turns > 1:  # the last turn, were every answer empty:
+            last = conversation.turns - 1  # if it cannot fit now, it cannot fit after the real answers
+            try:
+                encode_prompt(pair, conversation.prompt_ids([""] * last), max_new_tokens)
+            except BildError as e:
+                raise BildError(f"example {conversation.example.id!r}, turn {last + 1} of {conversation.turns} "
+                                f"(before any answer is added): {e}") from None
     return found

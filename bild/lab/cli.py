@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ValidationError
 
 from bild.config import GenerationConfig
-from bild.errors import BildError
+from bild.errors import BildError, describe_errors
 from bild.lab.options import (
     AlignOptions,
     BenchOptions,
@@ -122,10 +122,11 @@ def options_from(args: argparse.Namespace, model: type[BaseModel]) -> Any:
     try:
         return model(**values)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = str(err["loc"][-1]) if err["loc"] else ""
-        where = "generation settings" if field == "generation" else flag(field) if field else "options"
-        raise BildError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        def where(loc: tuple) -> str:
+            field = str(loc[-1]) if loc else ""
+            return "generation settings" if field == "generation" else flag(field) if field else "options"
+
+        raise BildError(describe_errors(e, where=where, first=True)) from None
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -163,7 +164,8 @@ def run_generate(options: GenerateOptions) -> None:
 
 
 def run_policies(options: PoliciesOptions) -> None:
-    from bild.registry import list_policies, parameters
+    from bild.parameters import parameters
+    from bild.registry import list_policies
 
     rows = [{"name": name, "description": cls.describe(), "params": [p.model_dump() for p in parameters(cls)]}
             for name, cls in list_policies().items()]
@@ -237,7 +239,9 @@ def run_calibrate(options: CalibrateOptions) -> None:
           f"{large} ms; small/large {costs.ratio:.3f}; engine {1000 * costs.overhead_per_pass:.3f} ms per pass; "
           f"spread at most {100 * max(noise['spread'].values()):.0f}%, others took "
           f"{100 * (noise['load']['others_cpu'] or 0):.0f}% of the CPU"
-          f"{'; NOISY, kept as asked (--accept-noisy)' if noise.get('accepted') else ''}; written to {out}")
+          f"{'; NOISY, kept as asked (--accept-noisy)' if noise.get('accepted') else ''}"
+          f"{'; its curve is not monotone, measured twice alike (priced monotone)' if noise.get('reproduced') else ''}"
+          f"; written to {out}")
 
 
 def run_align(options: AlignOptions) -> None:

@@ -16,58 +16,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from bild.errors import BildError
+from bild.errors import BildError, describe_errors
 from bild.lab.render import category_table, figure, flatten, fmt, table
+from bild.lab.schema import BenchReport as Report
 
 MACHINE_KEYS = ("device", "dtype", "gpu", "processor", "threads", "torch", "transformers", "bild")
-
-
-class Row(BaseModel):
-    """The fields of one method's row that compare reads (a report may hold more)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    tokens_per_s: float | None = None
-    speedup_vs_large: float | None = None
-    modelled_speedup_vs_large: float | None = None
-    chrf: float | None = None
-    efficiency: float | None = None
-    agreement_with_large: float | None = None
-    exact_match_with_large: float | None = None
-    stats: dict[str, Any] | None = None
-    model_fit: dict[str, Any] | None = None
-    load: dict[str, Any] | None = None
-    efficiency_own: float | None = None
-
-    @property
-    def flags(self) -> tuple[str, str]:
-        """`?` when its modelled figures do not fit its run, `*` when it was measured on a busy machine."""
-        fit, load = self.model_fit if isinstance(self.model_fit, dict) else {}, self.load if isinstance(
-            self.load, dict) else {}
-        return "?" if fit.get("flagged") else "", "*" if load.get("busy") else ""
-
-    def stat(self, key: str) -> float | None:
-        """A statistic of either schema (τ was `mean_accepted_draft_length` + 1 in bild-bench/1)."""
-        stats = self.stats or {}
-        if key == "mean_accepted_tokens" and key not in stats and stats.get("mean_accepted_draft_length") is not None:
-            return 1 + stats["mean_accepted_draft_length"]
-        value = stats.get(key)
-        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-class Report(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    setup: dict[str, Any]
-    methods: dict[str, Row]
-    machine: dict[str, Any] = {}
-    complete: bool = True
-    prompts_done: int | None = None
-    cost_model: dict[str, Any] | None = None
-    oracle: dict[str, Any] | None = None
-    categories: dict[str, Any] | None = None
 
 
 def load_report(path: str) -> Report:
@@ -82,12 +37,10 @@ def load_report(path: str) -> Report:
     if not isinstance(data, dict):
         raise BildError(f"{path!r} is not a bench report of `bild bench --json` (not a JSON object)")
     try:
-        return Report(**data)
+        return Report.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(map(str, err["loc"]))
-        raise BildError(f"{path!r} is not a bench report of `bild bench --json`: field {field!r}: {err['msg']}"
-                        ) from None
+        problem = describe_errors(e, where=lambda loc: f"field {'.'.join(map(str, loc))!r}", first=True)
+        raise BildError(f"{path!r} is not a bench report of `bild bench --json`: {problem}") from None
 
 
 def differences(reports: list[Report]) -> dict[str, list[Any]]:
@@ -145,8 +98,10 @@ def compare(paths: list[str], plot: str | None = None) -> str:
     if len(paths) < 2:
         raise BildError("give at least two bench reports to compare")
     reports, labels = [load_report(p) for p in paths], labels_for(paths)
-    limits = [f"{label} {r.oracle['modelled_speedup']:.2f}x" for label, r in zip(labels, reports, strict=True)
-              if isinstance(r.oracle, dict) and isinstance(r.oracle.get("modelled_speedup"), (int, float))]
+    limits = [f"{label} {r.oracle.modelled_speedup:.2f}x" + (f" (repetition {r.oracle.repetition:.2f})"
+                                                             if r.oracle.repetition is not None else "")
+              for label, r in zip(labels, reports, strict=True)
+              if r.oracle is not None and r.oracle.modelled_speedup is not None]
     lines = [pricing(reports, labels), *([f"oracle (modelled): {', '.join(limits)}"] if limits else []),
              compare_table(reports, labels), ""]
     partial = [label for label, r in zip(labels, reports, strict=True) if not r.complete]

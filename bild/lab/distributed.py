@@ -47,6 +47,8 @@ def start() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():  # this rank's GPU is the current one: NCCL, streams and graphs go there
+            torch.cuda.set_device(local_rank())
         dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
 
 

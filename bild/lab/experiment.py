@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from bild.errors import BildError, unknown_name
+from bild.errors import BildError, describe_errors, unknown_name
 from bild.files import write_atomic
 from bild.lab.distributed import agree, fail, local_rank, settle, shard, shard_path, share, start, world
 from bild.lab.options import BenchOptions, Experiment, Options, RunOptions, TuneOptions
@@ -29,12 +29,9 @@ from bild.lab.render import PLOT_SUFFIXES
 # --- loading ----------------------------------------------------------------------------------------
 
 
-def describe(error: ValidationError) -> str:
-    parts = []
-    for err in error.errors():
-        where = ".".join(str(p) for p in err["loc"] if p not in ("bench", "tune"))
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts)
+def config_key(loc: tuple) -> str:
+    """Where a config's problem is, as its YAML key (the command's tag left out)."""
+    return ".".join(str(p) for p in loc if p not in ("bench", "tune"))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], model: type) -> None:
@@ -81,7 +78,7 @@ def load_experiment(path: str | Path, overrides: list[str] = ()) -> BenchOptions
     try:
         options = TypeAdapter(Experiment).validate_python(data)
     except ValidationError as e:
-        raise BildError(f"{path}: {describe(e)}") from None
+        raise BildError(f"{path}: {describe_errors(e, where=config_key)}") from None
     options._source = str(path)
     return options
 
@@ -166,11 +163,20 @@ def placements(options: Options) -> tuple[Any, Any]:
                             f"launch with torchrun --nproc-per-node {options.large_tp} (this is {size} process)")
         if device_map is not None:
             raise BildError("give --large-tp or --large-device-map, not both")
+        if not options.generation.greedy and options.generation.seed is None:  # ranks drawing apart: collectives hang
+            fail("sampling with --large-tp needs --seed: every rank must draw the same tokens")
     if (options.large_max_memory or options.large_offload) and device_map is None:
         raise BildError("--large-max-memory and --large-offload go with --large-device-map (e.g. auto)")
     return (Placement(device=options.small_device),
             Placement(device_map=device_map, max_memory=options.large_max_memory, offload_folder=options.large_offload,
                       tensor_parallel=options.large_tp is not None))
+
+
+def rank_device() -> str | None:
+    """Under torchrun on GPUs, this rank's own GPU (`cuda:LOCAL_RANK`); else None (the pair's default)."""
+    import torch
+
+    return f"cuda:{local_rank()}" if world()[1] > 1 and torch.cuda.is_available() else None
 
 
 def load_pair(options: Options):
@@ -184,7 +190,7 @@ def load_pair(options: Options):
 
         torch.set_num_threads(options.threads)
     quiet_transformers()
-    return ModelPair.from_pretrained(small, large, device=options.device, dtype=options.dtype,
+    return ModelPair.from_pretrained(small, large, device=options.device or rank_device(), dtype=options.dtype,
                                      small_placement=small_at, large_placement=large_at)
 
 
@@ -289,15 +295,11 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
 
 def across_ranks(options: BenchOptions) -> BenchOptions:
     """A bench under torchrun: refused without a report to merge into; each rank on its own GPU."""
-    import torch
-
     size = world()[1]
     if not options.json_out:
         fail(f"a bench across {size} ranks needs --json OUT: each rank writes its shard beside it and rank 0 the "
              "merged report")
-    if options.device is None and torch.cuda.is_available():
-        options = options.model_copy(update={"device": f"cuda:{local_rank()}"})
-    return options
+    return options.model_copy(update={"device": options.device or rank_device()})
 
 
 def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: BenchOptions, setup: dict[str, Any],
@@ -360,6 +362,8 @@ def execute_tune(options: TuneOptions) -> dict[str, Any]:
           f"{report['baseline']['tokens_per_s']:.1f} tokens/s, {options.metric} "
           f"{report['baseline']['quality'][options.metric]}")
     print(format_front(report["front"]))
+    if report["oracle_modelled_speedup"] is not None:  # the limit of the policy's own draft sources
+        print(f"oracle over {'+'.join(report['oracle_sources'])} (modelled): {report['oracle_modelled_speedup']:.2f}x")
     for note in report["notes"]:
         print(f"note: {note}")
     print(f"front written to {Path(options.out_dir) / (report['study'] + '-front.json')}")

@@ -5,14 +5,18 @@ and a sample of every weight: two folders holding the same weights hash alike) a
 config without weights). A pass costs what the model's shape, the hardware, the dtype and the fast
 path make it cost, whatever its weights: an aligned small model is priced by its original's cost
 model. `COST_KEYS` are those facts; `cost_mismatch` says which of them a cost model was not
-measured with.
+measured with. `policy_origin` says where a policy's code comes from (its distribution and
+version, or its file, with a hash of that file), so results of edited code never mix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import platform
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +24,8 @@ import transformers
 
 from bild.machine import config_shape, cpu_name, hardware
 from bild.pair import ModelPair
+from bild.policy import Policy
+from bild.registry import ENTRY_POINT_GROUP
 
 DISTRIBUTION = "big-little-decoder"  # the package index name ("bild" there is another project)
 COST_KEYS = ("small_shape", "large_shape", "hardware", "dtype", "fast_path", "placement")
@@ -76,3 +82,30 @@ def pair_identity(pair: ModelPair) -> dict[str, str]:
 def cost_mismatch(cost_identity: dict[str, Any], identity: dict[str, Any]) -> list[str]:
     """The `COST_KEYS` whose values differ between a cost model's identity and `identity`."""
     return sorted(k for k in COST_KEYS if k in identity and k in cost_identity and identity[k] != cost_identity[k])
+
+
+# --- where a policy comes from --------------------------------------------------------------------
+
+
+def policy_origin(cls: type[Policy]) -> dict[str, Any]:
+    """Where `cls` comes from, for a result's provenance: the distribution and version behind its entry point,
+    else its module and file; with a hash of that file (`code`) when it can be read, `{"source": "unknown"}`
+    when neither can be found."""
+    target = f"{cls.__module__}:{cls.__qualname__}"
+    code = {"code": digest} if (digest := code_hash(cls)) else {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value == target and ep.dist is not None:
+            return {"source": "entry point", "name": ep.name, "distribution": ep.dist.metadata["Name"],
+                    "version": ep.dist.version, "object": target, **code}
+    if not code:  # defined in a notebook cell or with exec
+        return {"source": "unknown", "object": target}
+    return {"source": "module", "object": target, "file": inspect.getsourcefile(cls), **code}
+
+
+def code_hash(cls: type[Policy]) -> str | None:
+    """A hash of the file that defines `cls`: its module-level helpers and constants decide too, and an editable
+    install keeps its version while the code changes. None when there is no such file."""
+    try:
+        return hashlib.sha256(Path(inspect.getsourcefile(cls)).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None

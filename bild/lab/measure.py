@@ -41,17 +41,18 @@ from bild.checks import hook
 from bild.config import GenerationConfig
 from bild.costs import CostModel
 from bild.engine import generate, generate_single
-from bild.errors import BildError, unknown_name
+from bild.errors import BildError, describe_errors, unknown_name
 from bild.lab.chat import TURN_BREAK, ChatMode, Conversation, conversations
 from bild.lab.hfcount import FAST_PATH as TRANSFORMERS
 from bild.lab.hfcount import assisted_stats, counted
+from bild.lab.identity import policy_origin
 from bild.lab.load import BUSY, LoadMeter
 from bild.lab.metrics import accuracy, exact_match, first_difference, reference_metrics, token_agreement
 from bild.lab.options import BASELINES, parse_pairs
+from bild.lab.oracle import ends_in_loop
 from bild.lab.tasks import TOTAL, Example
 from bild.pair import ModelPair
 from bild.policy import Policy
-from bild.registry import describe_errors, policy_origin
 from bild.stats import GenerationStats, ModelStats
 from bild.stopping import trim_text
 
@@ -117,7 +118,7 @@ def parse_methods(text: str, params: dict[str, Any] | None = None) -> list[Metho
         try:
             GenerationConfig.model_validate({**GenerationConfig().model_dump(), **generation})
         except ValidationError as e:
-            raise BildError(f"method {item!r}: {describe_errors(e, GenerationConfig)}") from None
+            raise BildError(f"method {item!r}: {describe_errors(e, GenerationConfig, got=True)}") from None
         own = {k: v for k, v in overrides.items() if k not in generation}
         if base in BASELINES:
             if own:
@@ -468,10 +469,29 @@ def summarize(methods: list[Method], results: Results, examples: list[Example],
     return rows
 
 
+def group_rows(methods: list[Method], results: Results, index: list[int], anchor: dict[str, str | None],
+               costs: CostModel | None = None) -> dict[str, dict[str, Any]]:
+    """Each method's speed, speedup over its anchor (measured, and modelled where `costs` prices it), tau,
+    acceptance and large calls per token on the prompts of `index`."""
+    rows = {}
+    for m in methods:
+        mine = [results[m.name][i] for i in index]
+        base = [results[anchor[m.name]][i] for i in index] if anchor[m.name] else None
+        stats = total_stats([x.stats for x in mine]) if mine[0].stats is not None else None
+        priced = base is not None and priced_by(costs, mine) and priced_by(costs, base)
+        rows[m.name] = {"prompts": len(index), "tokens_per_s": tokens_per_second(mine),
+                        "speedup_vs_large": speedup(mine, base) if base else None,
+                        "modelled_speedup_vs_large": speedup(mine, base, costs) if priced else None,
+                        "mean_accepted_tokens": stats.mean_accepted_tokens if stats else None,
+                        "acceptance_rate": stats.acceptance_rate if stats else None,
+                        "large_calls_per_token": stats.large_calls_per_token if stats else None}
+    return rows
+
+
 def by_category(methods: list[Method], results: Results, examples: list[Example], anchor: dict[str, str | None]
                 ) -> dict[str, dict[str, dict[str, Any]]] | None:
-    """Per category of the examples (Spec-Bench's), then `overall`: each method's speed, speedup over its anchor,
-    tau, acceptance and large calls per token on that category's prompts. None without categories."""
+    """Per category of the examples (Spec-Bench's), then `overall`: `group_rows` on that category's prompts.
+    None without categories."""
     done = min(len(r) for r in results.values())
     groups: dict[str, list[int]] = {}
     for i, e in enumerate(examples[:done]):
@@ -480,20 +500,20 @@ def by_category(methods: list[Method], results: Results, examples: list[Example]
     if not groups:
         return None
     groups[TOTAL] = list(range(done))
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for category, index in groups.items():
-        rows = {}
-        for m in methods:
-            mine = [results[m.name][i] for i in index]
-            base = anchor[m.name]
-            stats = total_stats([x.stats for x in mine]) if mine[0].stats is not None else None
-            rows[m.name] = {"prompts": len(index), "tokens_per_s": tokens_per_second(mine),
-                            "speedup_vs_large": speedup(mine, [results[base][i] for i in index]) if base else None,
-                            "mean_accepted_tokens": stats.mean_accepted_tokens if stats else None,
-                            "acceptance_rate": stats.acceptance_rate if stats else None,
-                            "large_calls_per_token": stats.large_calls_per_token if stats else None}
-        table[category] = rows
-    return table
+    return {category: group_rows(methods, results, index, anchor) for category, index in groups.items()}
+
+
+def without_loops(methods: list[Method], results: Results, anchor: dict[str, str | None],
+                  costs: CostModel | None) -> dict[str, Any] | None:
+    """`group_rows` on the prompts whose large model's output does not end in a loop (oracle.ends_in_loop):
+    a gain seen only on looping outputs is context lookup copying the loop. None without a `large` method."""
+    reference = next((name for name in ("large", *anchor.values()) if name in results), None)
+    if reference is None:
+        return None
+    done = min(len(r) for r in results.values())
+    index = [i for i in range(done) if not ends_in_loop(results[reference][i].tokens)]
+    rows = group_rows(methods, results, index, anchor, costs) if index else {}
+    return {"reference": reference, "looping": done - len(index), "prompts": done, "methods": rows}
 
 
 def peak_memory() -> dict[str, float]:

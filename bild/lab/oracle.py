@@ -109,6 +109,16 @@ def repetition(tokens: Sequence[int], n: int = 4) -> float | None:
     return repeats / (len(tokens) - n) if len(tokens) > n else None
 
 
+def ends_in_loop(tokens: Sequence[int], shortest: int = 16) -> bool:
+    """Whether an output ends in an exact loop: for some period p, its last max(2p, `shortest`) tokens each
+    repeat the token p before (a looping large model flatters drafts copied from context)."""
+    for p in range(1, len(tokens) // 3 + 1):
+        tail = max(2 * p, shortest)
+        if tail + p <= len(tokens) and all(tokens[t] == tokens[t - p] for t in range(len(tokens) - tail, len(tokens))):
+            return True
+    return False
+
+
 def accepted_runs(matches: Sequence[bool]) -> list[int]:
     """r_t: how many drafts in a row from position t the large model keeps."""
     runs, run = [0] * len(matches), 0

@@ -20,6 +20,7 @@ from typing import Any
 from bild.errors import BildError
 from bild.files import write_atomic
 from bild.lab.outputs import REPORT, SAMPLES, check_output
+from bild.lab.schema import checked
 
 
 def samples_path(out: Path) -> Path:
@@ -125,8 +126,8 @@ class ReportWriter:
                 f.write(json.dumps(record) + "\n")
 
     def summary(self, report: dict[str, Any]) -> None:
-        if self.out:
-            write_atomic(self.out, json.dumps(report, indent=2) + "\n")
+        if self.out:  # checked against the schema (bild/lab/schema.py) every time it is written
+            write_atomic(self.out, json.dumps(checked(report), indent=2) + "\n")
 
     def close(self) -> None:
         if self.lock:

@@ -1,6 +1,6 @@
 """Search spaces from a policy's parameters, so a new policy is tunable with no code.
 
-Every parameter comes from `bild.registry.parameters`: a float or int with both bounds becomes an
+Every parameter comes from `bild.parameters.parameters`: a float or int with both bounds becomes an
 Optuna distribution over them (`ge`/`le` closed, `gt`/`lt` open, as pydantic means them), a bool
 or `Literal[...]` a categorical one; anything else keeps its default unless fixed. Sampling is
 define-by-run: a parameter is only sampled in trials where it applies (`applies_when`, e.g. the
@@ -20,8 +20,8 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from bild.errors import BildError, unknown_name
+from bild.parameters import Parameter, parameters
 from bild.policy import Policy
-from bild.registry import Parameter, parameters
 
 GRID_POINTS = 5  # values per continuous parameter for `--sampler grid`
 

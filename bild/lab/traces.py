@@ -88,7 +88,7 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
 
     out = check_output(out, list(inputs), TRACES)
     check_output(meta_path(out), list(inputs), TRACES_META)
-    policy = make_policy("exact", {"verify_below": 0.0})
+    policy = make_policy("exact", {"verify_below": 0.0, "lookup_min": 0})  # every draft the small model's own
     lines, mismatches = [], 0
     talks = conversations(pair, examples, chat, system, config.max_new_tokens)
     for example, talk in tqdm(list(zip(examples, talks, strict=True)), desc="traces", unit="prompt",

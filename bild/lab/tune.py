@@ -42,7 +42,7 @@ from bild.costs import CostModel
 from bild.errors import BildError, unknown_name
 from bild.files import write_atomic
 from bild.lab.chat import Conversation, conversations
-from bild.lab.identity import machine_info
+from bild.lab.identity import machine_info, policy_origin
 from bild.lab.measure import (
     Measurement,
     Method,
@@ -55,14 +55,13 @@ from bild.lab.measure import (
     tokens_per_second,
 )
 from bild.lab.options import TuneOptions
-from bild.lab.oracle import accepted_runs, oracle, teach
+from bild.lab.oracle import accepted_runs, oracle_of_sources, teach
 from bild.lab.outputs import FRONT, PLOT, check_output
 from bild.lab.render import columns, figure, fmt, table
 from bild.lab.space import SearchSpace
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
 from bild.pair import ModelPair
-from bild.registry import policy_origin
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLES_PER_TRIAL = 4
@@ -475,17 +474,26 @@ def plot_front(study: optuna.Study, rows: list[dict[str, Any]], dominated: list[
 
 
 def oracle_of(pair: ModelPair, talks: list[Conversation], base: list[Measurement], options: TuneOptions,
-              costs: CostModel | None) -> list[float] | None:
-    """The oracle's modelled seconds per prompt along the baseline's outputs, turn by turn on the prompts the
-    baseline saw (greedy decoding, a cost model)."""
+              costs: CostModel | None, sources: tuple[str, ...]) -> list[float] | None:
+    """The modelled seconds per prompt of the oracle over the policy's draft `sources`, along the baseline's
+    outputs, turn by turn on the prompts the baseline saw (greedy decoding, a cost model)."""
     if costs is None or not options.generation.greedy:
         return None
     found = []
     for talk, m in zip(talks, base, strict=True):
         turns = teach(pair, talk.turn_prompts(m.answers), m.tokens, m.turns)
-        found.append(sum(oracle(accepted_runs(t["matches"]), options.generation.draft_cap(), t["prompt_tokens"],
-                                costs)[0] for t in turns))
+        found.append(sum(oracle_of_sources(t, accepted_runs(t["matches"]), sources, options.generation.draft_cap(),
+                                           costs) for t in turns))
     return found
+
+
+def sources_of(options: TuneOptions, space: SearchSpace) -> tuple[str, ...]:
+    """The draft sources the tuned policy uses with its defaults and fixed values: its oracle is the one over them,
+    the same for every trial (a trial that leaves a source unused is scored below it, not against a lower limit)."""
+    from policies import make_policy
+
+    policy = make_policy(options.policy, space.fixed)
+    return Method(name=options.policy, policy=policy).sources or ("small",)
 
 
 def machine_key(pair: ModelPair) -> str:
@@ -521,7 +529,9 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
         m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
                                         progress=False, chat=options.chat, system=options.system)["large"]])]
-    oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, talks, base, options, costs))
+    sources = sources_of(options, space)
+    oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, talks, base, options, costs,
+                                                                                sources))
     objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})},
                           oracle_seconds)
     run_trials(study, objective, options)
@@ -541,7 +551,7 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     oracle_speedup = None if oracle_seconds is None else sum(costs.seconds(m.stats) for m in base) / sum(
         oracle_seconds)
     report = {"study": study.study_name, "storage": options.storage, "policy": options.policy,
-              "oracle_modelled_speedup": oracle_speedup,
+              "oracle_modelled_speedup": oracle_speedup, "oracle_sources": list(sources),
               "policy_origin": origin,
               "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
               "finished_trials": finished, "baseline": {"tokens_per_s": tokens_per_second(base),

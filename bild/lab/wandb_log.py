@@ -24,10 +24,13 @@ from bild.lab.options import WandbMode
 from bild.lab.render import flatten
 
 SAMPLE_COLUMNS = ("id", "method", "prompt", "text", "reference", "rank")
-METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "efficiency", "speedup_vs_large_hf",
-                  "chrf", "bleu", "rouge_l", "agreement_with_large", "exact_match_with_large")
+METHOD_COLUMNS = ("tokens_per_s", "speedup_vs_large", "modelled_speedup_vs_large", "efficiency", "efficiency_own",
+                  "speedup_vs_large_hf", "chrf", "bleu", "rouge_l", "pass_at_1", "agreement_with_large",
+                  "exact_match_with_large")
 STAT_COLUMNS = ("fallback_rate", "rollback_rate", "acceptance_rate", "large_calls_per_token",
-                "mean_accepted_tokens", "overhead_ms_per_token")
+                "mean_accepted_tokens", "lookup_drafts", "lookup_accepted", "overhead_ms_per_token")
+GROUP_COLUMNS = ("prompts", "speedup_vs_large", "modelled_speedup_vs_large", "mean_accepted_tokens",
+                 "acceptance_rate", "large_calls_per_token")
 
 
 class WandbLogger:
@@ -94,11 +97,14 @@ class WandbLogger:
                    for method, done in results.items() for i, (e, m) in enumerate(zip(examples, done, strict=False))]
         tables = {"methods": (["method", *METHOD_COLUMNS, *STAT_COLUMNS], rows)}
         if report.get("categories"):
-            columns = ["category", "method", "prompts", "speedup_vs_large", "mean_accepted_tokens", "acceptance_rate",
-                       "large_calls_per_token"]
-            tables["categories"] = (columns, [[c, m, *(r.get(k) for k in columns[2:])] for c, methods
-                                              in report["categories"].items() for m, r in methods.items()])
+            tables["categories"] = (["category", "method", *GROUP_COLUMNS],
+                                    [[c, m, *(r.get(k) for k in GROUP_COLUMNS)] for c, methods
+                                     in report["categories"].items() for m, r in methods.items()])
+        if (split := report.get("without_loops")) and split["methods"]:  # lookup's honest test (measure.py)
+            tables["without_loops"] = (["method", *GROUP_COLUMNS],
+                                       [[m, *(r.get(k) for k in GROUP_COLUMNS)] for m, r in split["methods"].items()])
         self.log_run(name, config=config, job_type="bench", samples=samples,
                      summary={"methods": report["methods"], "memory": report.get("memory", {}),
-                              "oracle": report.get("oracle") or {}, "notes": report.get("notes", [])},
+                              "oracle": report.get("oracle") or {}, "notes": report.get("notes", []),
+                              "looping_prompts": (report.get("without_loops") or {}).get("looping")},
                      tables=tables)

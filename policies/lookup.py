@@ -1,0 +1,29 @@
+"""Lookup first: context lookup (bild/sources.py) in front of the small model, for any policy.
+
+Before each small pass, when the last `lookup_min` or more tokens occurred earlier in the prompt
+or output, what followed them is drafted instead of asking the small model, and verified at once
+with the pending drafts. A policy mixes it in beside its own rules (`class Mine(LookupFirst,
+RulePolicy)`); its fallback and stopping rules still judge the small model's drafts, and its
+rollback rule judges the looked-up ones too. `lookup_min=0` turns it off: the small model alone.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from bild.policy import Policy, ProposalView
+from bild.sources import ContextLookup
+
+
+class LookupFirst(Policy):
+    """A policy that drafts from context lookup when the context repeats, else from the small model."""
+
+    lookup_min: int = Field(2, ge=0, le=3, description=(
+        "draft what followed the last N or more tokens where they occurred earlier (context lookup) instead of a "
+        "small pass, when N >= this (0: never)"))
+
+    def draft_source(self) -> ContextLookup | None:
+        return ContextLookup(max_ngram=3, min_ngram=self.lookup_min) if self.lookup_min else None
+
+    def lookup(self, proposal: ProposalView) -> int:
+        return len(proposal.tokens)
