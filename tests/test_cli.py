@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import one_error
+from conftest import cheap_costs, one_error
 
 
 def bild(*args: str) -> subprocess.CompletedProcess:
@@ -81,9 +81,10 @@ def prompts_file(tmp_path_factory):
 
 
 def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_path):
+    costs = cheap_costs(tmp_path)  # calibration is not what this tests (test_costs, test_noise): no time spent on it
     run = bild("bench", "--small", dirs[0], "--large", dirs[1], "--prompts", prompts_file, "--methods",
                "large,large-hf,exact", "--max-new-tokens", "6", "--wandb-mode", "disabled",
-               "--json", str(tmp_path / "b.json"))
+               "--json", str(tmp_path / "b.json"), "--cost-model", costs, "--force-cost-model")
     assert run.returncode == 0, run.stderr
     assert "large-hf" in run.stdout and json.loads((tmp_path / "b.json").read_text())["complete"]
 
@@ -91,8 +92,8 @@ def test_bench_and_tune_from_flags_and_from_a_config(dirs, prompts_file, tmp_pat
     config.write_text(f"command: tune\nsmall: {dirs[0]}\nlarge: {dirs[1]}\nprompts: {prompts_file}\n"
                       f"policy: exact\ntrials: 2\nstorage: sqlite:///{tmp_path}/t.db\n"
                       "generation:\n  max_new_tokens: 6\n"
-                      f"wandb_mode: disabled\nout_dir: {tmp_path}\nmetric: agreement\nspace:\n"
-                      "  verify_below: '0.1:0.9'\n")
+                      f"wandb_mode: disabled\nout_dir: {tmp_path}\nmetric: agreement\ncost_model: {costs}\n"
+                      "force_cost_model: true\nconfirm: 0\nspace:\n  verify_below: '0.1:0.9'\n")
     run = bild("run", str(config))
     assert run.returncode == 0, run.stderr
     assert "2 finished trials" in run.stdout
