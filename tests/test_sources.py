@@ -165,3 +165,19 @@ def test_sampling_with_lookup_drafts_keeps_the_large_models_distribution(load_pa
 def test_a_source_that_proposes_nonsense_is_one_line_naming_it(load_pair, make, message):
     with pytest.raises(BildError, match=f"draft source Scripted .*{message}|{message}"):
         generate(load_pair("llama", 1), "def add(", with_source(make), CFG)
+
+
+def test_adaptive_learns_its_rate_from_its_own_rounds_not_from_lookups(load_pair):
+    """Rounds a source decided (here every round: a source that always proposes the right tokens) leave the rate
+    adaptive's stopping rule weighs against untouched: their near-free tokens are no alternative where the
+    context does not repeat. Before, they raised it until no small draft looked worth its pass."""
+    from policies.adaptive import AdaptivePolicy
+
+    pair = load_pair("llama", 1)
+    prompt = PROMPTS[0]
+    truth = pair.tokenizer(prompt)["input_ids"] + generate_single(pair, prompt, "large", CFG).token_ids
+    policy = with_source(lambda seq, most: truth[len(seq): len(seq) + most] or None, base=AdaptivePolicy)
+    state = policy.new_state()
+    result = generate(pair, prompt, policy, CFG, state=state)
+    assert result.stats.lookup_drafts > 0
+    assert (state.tokens, state.cost) == (1.0, 1.0)  # the prior: no round of its own yet
