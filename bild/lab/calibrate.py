@@ -230,9 +230,10 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, prog
         if not unsteady and not shape:
             return costs
         if not unsteady and previous is not None and same_curves(previous, costs.noise["medians"]):
-            print(f"bild calibrate: try {attempt} measured the same curve as try {attempt - 1} ({'; '.join(shape)}): "
+            found = [s.split(" beyond its noise")[0] for s in shape]  # what was measured, not the advice for noise
+            print(f"bild calibrate: try {attempt} measured the same curve as try {attempt - 1} ({'; '.join(found)}): "
                   "the machine's own, kept (priced monotone)", file=sys.stderr, flush=True)
-            return costs.model_copy(update={"noise": {**costs.noise, "problems": [], "reproduced": shape}})
+            return costs.model_copy(update={"noise": {**costs.noise, "problems": [], "reproduced": found}})
         previous = None if unsteady else costs.noise["medians"]
         print(f"bild calibrate: try {attempt} of {TRIES} was noisy ({'; '.join(unsteady + shape)})"
               + ("; measuring again" if attempt < TRIES else ""), file=sys.stderr, flush=True)
