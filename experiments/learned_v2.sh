@@ -5,12 +5,8 @@
 # fronts benched side by side on the reported prompts, which neither training nor tuning saw.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${BILD_SHARED:-../shared}"
-BILD="${BILD_VENV:-.venv}/bin/bild"
-PAIR=(--small "$SHARED/models/pycode-pair/small" --large "$SHARED/models/pycode-pair/large" --device cpu --dtype float32
-      --threads 2)
+source experiments/pycode_pair.sh
 RUN=(--max-new-tokens 64 --wandb-mode disabled --cost-model out/pycode-costs.json)
-mkdir -p out
 [ -f out/pycode_align.jsonl ] || "${BILD_VENV:-.venv}/bin/python" experiments/make_prompts.py
 "$BILD" traces "${PAIR[@]}" --prompts out/pycode_align.jsonl --offset 1200 --n 120 --max-new-tokens 64 --hidden \
   --out out/pycode_traces.jsonl

@@ -4,12 +4,10 @@
 # the aligned pair against the original on code from projects neither saw (CPU, fp32, 2 threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${BILD_SHARED:-../shared}"
-BILD="${BILD_VENV:-.venv}/bin/bild"
+source experiments/pycode_pair.sh
 LARGE="$SHARED/models/pycode-pair/large"
 COMMON=(--device cpu --dtype float32 --threads 2)
 RUN=(--max-new-tokens 64 --wandb-mode disabled)
-mkdir -p out
 "${BILD_VENV:-.venv}/bin/python" experiments/make_prompts.py   # out/pycode_align.jsonl from the training sources
 head -48 experiments/data/pycode_eval.jsonl > out/pycode_eval48.jsonl
 "$BILD" align --small "$SHARED/models/pycode-pair/small" --large "$LARGE" "${COMMON[@]}" --prompts out/pycode_align.jsonl \

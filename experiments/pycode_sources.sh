@@ -5,20 +5,17 @@
 # and prompt lookup, with the oracle over each set of sources.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARED="${BILD_SHARED:-../shared}"
-BILD="${BILD_VENV:-.venv}/bin/bild"
-PAIR=(--small "$SHARED/models/pycode-pair/small" --large "$SHARED/models/pycode-pair/large" --device cpu --dtype float32
-      --threads 2 --max-new-tokens 64 --wandb-mode disabled)
-mkdir -p out
-[ -f out/pycode-sources-costs.json ] || "$BILD" calibrate "${PAIR[@]:0:8}" --threads 2 --out out/pycode-sources-costs.json
+source experiments/pycode_pair.sh
+RUN=(--max-new-tokens 64 --wandb-mode disabled)
+[ -f out/pycode-sources-costs.json ] || "$BILD" calibrate "${PAIR[@]}" --out out/pycode-sources-costs.json
 # the defaults of lookup_min (exact's, then adaptive's): sweeps on the tuning prompts (never the reported ones)
-[ -f out/pycode_lookup_sweep.json ] || "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
+[ -f out/pycode_lookup_sweep.json ] || "$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
   --methods large,exact@lookup_min=0,exact@lookup_min=1,exact@lookup_min=2,exact@lookup_min=3,pld \
   --json out/pycode_lookup_sweep.json
-[ -f out/pycode_adaptive_sweep.json ] || "$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
+[ -f out/pycode_adaptive_sweep.json ] || "$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
   --methods large,adaptive@lookup_min=0,adaptive@lookup_min=1,adaptive@lookup_min=2,adaptive@lookup_min=3 \
   --json out/pycode_adaptive_sweep.json
 # every method on the reported prompts
-"$BILD" bench "${PAIR[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-sources-costs.json \
+"$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-sources-costs.json \
   --methods large,hf-assisted,hf-pld,exact@lookup_min=0,exact,pld,adaptive@lookup_min=0,adaptive \
   --json out/pycode_sources.json

@@ -31,6 +31,7 @@ from bild.lab.oracle import limit, teach
 from bild.lab.render import category_table, figure, fmt, table
 from bild.lab.report import ReportWriter
 from bild.lab.sandbox import check_answers
+from bild.lab.schema import MethodRow
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.stats import GenerationStats
@@ -238,8 +239,7 @@ HEADERS = ["method", "tok/s", "x large", "modelled", "eff", "x large-hf", "chrF"
 
 def table_row(name: str, r: dict[str, Any]) -> list[str]:
     st = r["stats"] or {}
-    doubt = "?" if (r.get("model_fit") or {}).get("flagged") else ""  # a modelled figure that does not fit its run
-    busy = "*" if (r.get("load") or {}).get("busy") else ""
+    doubt, busy = MethodRow.model_validate(r).flags  # the marks compare prints too
     return [name + busy, fmt(r["tokens_per_s"], ".1f"), fmt(r["speedup_vs_large"], ".2f"),
             fmt(r["modelled_speedup_vs_large"], ".2f") + doubt, fmt(r.get("efficiency"), ".2f") + doubt,
             fmt(r["speedup_vs_large_hf"], ".2f"),
