@@ -3,7 +3,9 @@
 transformers moves this API between releases (5.24 renamed the forward kwarg
 `past_key_values` to `cache`; `DynamicCache.crop` takes a negative count of tokens to drop;
 `StaticCache.crop(-k)` only moves each layer's position pointer, a device tensor, and leaves
-the stale slots to be masked out by causal position and overwritten by the next write).
+the stale slots to be masked out by causal position and overwritten by the next write). A static
+cache's pointers are moved here by one fused operation for all layers instead (`_foreach_sub_`):
+on a GPU a rewind is then one kernel launch, not one per layer, and never a host sync.
 Everything version-dependent lives here, so the rest of the engine speaks in positions only.
 
 Two kinds: a dynamic cache grows with every pass (the default, any model); a static cache is
@@ -26,7 +28,7 @@ import inspect
 import torch
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache, StaticCache
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, StaticLayer
 
 from bild.errors import BildError
 
@@ -82,6 +84,11 @@ def rewind(cache: Cache, drop: int) -> None:
         raise ValueError(f"cannot rewind by {drop} positions")
     if drop == 0:
         return
+    grouped = pointers(cache)
+    for group in grouped:
+        torch._foreach_sub_(group, drop)
+    if grouped:
+        return
     try:
         cache.crop(-drop)
     except (RuntimeError, ValueError) as e:
@@ -92,9 +99,22 @@ def rewind(cache: Cache, drop: int) -> None:
 def restart(cache: Cache) -> None:
     """Empty a static cache for a new generation: every layer's position pointer to 0, on the device
     (no host sync; the stale keys are masked out by position and overwritten, as after `rewind`)."""
-    for layer in cache.layers:
-        pointer = getattr(layer, "cumulative_length", None)
-        if isinstance(pointer, torch.Tensor):
-            pointer.zero_()
-        else:
+    grouped = pointers(cache)
+    for group in grouped:
+        torch._foreach_zero_(group)
+    if not grouped:
+        for layer in cache.layers:
             layer.reset()
+
+
+def pointers(cache: Cache) -> list[list[torch.Tensor]]:
+    """A static cache's per-layer position pointers, grouped by device (one group unless the model is spread
+    over devices), for one fused operation per device; empty for any other cache, whose layers keep
+    bookkeeping of their own (sliding windows, indexers) that only their `crop` and `reset` know."""
+    layers = getattr(cache, "layers", [])
+    if not layers or any(type(layer) is not StaticLayer for layer in layers):
+        return []
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for layer in layers:
+        groups.setdefault(layer.cumulative_length.device, []).append(layer.cumulative_length)
+    return list(groups.values())

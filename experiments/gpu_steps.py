@@ -1,4 +1,5 @@
-"""Steps of experiments/gpu_check.sh that are short Python programs: `environment` and `smoke`.
+"""Steps of experiments/gpu_check.sh that are short Python programs: `environment` and `smoke` (which also
+measures the engine's own host time per draft and verification over replayed passes: bild/lab/enginecost.py).
 
 Usage: python experiments/gpu_steps.py environment|smoke OUT_DIR (BILD_PAIR, BILD_DEVICE and
 BILD_FAST from the check's environment). Each writes OUT_DIR/<step>.json and exits non-zero
@@ -39,6 +40,7 @@ def environment(out: Path) -> int:
 
 def smoke(out: Path) -> int:
     from bild import GenerationConfig, ModelPair, generate, generate_single
+    from bild.lab.enginecost import engine_cost
     from bild.lab.tasks import load_jsonl
 
     pair_dir, device = Path(os.environ["BILD_PAIR"]), os.environ.get("BILD_DEVICE", "cuda")
@@ -60,6 +62,9 @@ def smoke(out: Path) -> int:
         b = generate_single(exact32, prompt, "large", config)
         same.append(a.token_ids == b.token_ids)
     found["fp32_exact_equals_large"] = same
+    found["engine"] = {policy: engine_cost(reduced, prompts[0], policy, GenerationConfig(max_new_tokens=64,
+                                                                                         fast_path=fast)).model_dump()
+                       for policy in ("exact", "adaptive")}
     found["seconds"] = time.perf_counter() - started
     print(json.dumps(found, indent=2))
     (out / "smoke.json").write_text(json.dumps(found, indent=2) + "\n")

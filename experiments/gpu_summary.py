@@ -34,7 +34,11 @@ def smoke(out: Path) -> list[str]:
     return [f"Smoke: one generation in {rp.get('dtype')} on `{s.get('fast_path')}` "
             f"({rp.get('tokens')} tokens, large model on {rp.get('large', {}).get('fast_path')}, "
             f"{rp.get('large', {}).get('graphs_captured')}/{rp.get('large', {}).get('graph_buckets')} buckets "
-            f"captured); fp32 `exact` == `large` on the same path: {s.get('fp32_exact_equals_large')}"]
+            f"captured); fp32 `exact` == `large` on the same path: {s.get('fp32_exact_equals_large')}"] + [
+        f"Engine's own host time, passes replayed (`{policy}`): {fmt(e.get('ms_per_draft'), '.3f')} ms per draft, "
+        f"{fmt(e.get('ms_per_verification'), '.3f')} ms per verification, {fmt(e.get('ms_per_token'), '.3f')} ms per "
+        f"token; {fmt(e.get('ops_per_pass'), '.1f')} device operations of its own per pass"
+        for policy, e in s.get("engine", {}).items()]
 
 
 def bench_table(report: dict) -> list[str]:
