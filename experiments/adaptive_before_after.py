@@ -21,7 +21,7 @@ import torch
 from bild import GenerationConfig, ModelPair
 from bild.costs import CostModel
 from bild.lab.bench import format_table, oracle_lines, run_bench
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.tasks import load_examples
 
 ROOT = Path(__file__).resolve().parent.parent

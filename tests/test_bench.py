@@ -8,7 +8,7 @@ import pytest
 
 from bild import BildError, GenerationConfig
 from bild.lab.bench import format_table, plot, run_bench
-from bild.lab.measure import Method, parse_methods
+from bild.lab.methods import Method, parse_methods
 from bild.lab.tasks import Example, load_examples, load_jsonl
 
 from conftest import PROMPTS, NeverFallback

@@ -15,7 +15,7 @@ from bild.costs import CostModel, PassCosts
 from bild.lab.bench import run_bench
 from bild.lab.calibrate import calibrate
 from bild.lab.cli import main as cli
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.options import TuneOptions
 from bild.lab.tasks import Example
 from bild.lab.tune import run_tune
@@ -144,11 +144,13 @@ def test_modelled_studies_are_reproducible_and_resume_anywhere(load_pair, fixed_
         (r["speedup"], r["agreement"], r["fallback_threshold"]) for r in second["front"]]
 
     # resumed "on another machine": nothing stored is measured again
+    import socket
+
     import bild.lab.tune as tune
 
     measured = []
     real = tune.measure
-    monkeypatch.setattr(tune.socket, "gethostname", lambda: "another-machine")
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-machine")
     monkeypatch.setattr(tune, "measure", lambda *a, **kw: measured.append(a[2]) or real(*a, **kw))
     run_tune(tune_options(tmp_path, "a", fixed_costs, trials=8), pair, examples, off, {})
     assert len(measured) == 2 and all(m[0].policy is not None for m in measured)  # the two new trials only

@@ -15,7 +15,7 @@ import pytest
 from bild import GenerationConfig, generate, generate_single
 from bild.lab.bench import run_bench
 from bild.lab.cli import COMMANDS, build_parser, options_from
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.options import TuneOptions
 from bild.lab.tasks import Example
 from bild.lab.tune import run_tune

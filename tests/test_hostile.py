@@ -200,7 +200,7 @@ def test_api_inputs_are_checked_with_a_clear_error(load_pair):
         make_policy(make_policy("bild"), {"bogus": 1})
     with pytest.raises(BildError, match="no prompts"):
         from bild.lab.bench import run_bench
-        from bild.lab.measure import parse_methods
+        from bild.lab.methods import parse_methods
 
         run_bench(pair, [], parse_methods("large"), GenerationConfig())
 

@@ -122,7 +122,7 @@ class Numpy(LosesItsFile):
 def test_a_policy_whose_new_state_raises_is_named_in_bench(load_pair):
     """C6/U7: inside bench, a new_state error became a generic disk message without the policy's name."""
     from bild.lab.bench import run_bench
-    from bild.lab.measure import Method
+    from bild.lab.methods import Method
 
     with pytest.raises(BildError, match=r"policy LosesItsFile.new_state raised FileNotFoundError"):
         run_bench(load_pair("llama", 1), [Example(id="0", prompt="def add(")],
@@ -133,7 +133,7 @@ def test_a_policy_whose_new_state_raises_is_named_in_bench(load_pair):
 def test_a_policy_with_a_path_parameter_and_numpy_integers_benches_and_reports(load_pair, tmp_path):
     """C7: a Path parameter made the report unserialisable after prompt 1; U8: rollback's np.int64 was refused."""
     from bild.lab.bench import run_bench
-    from bild.lab.measure import Method
+    from bild.lab.methods import Method
 
     pair, config = load_pair("llama", 1), GenerationConfig(max_new_tokens=8)
     assert generate(pair, "def add(", Numpy(), config).token_ids == generate_single(pair, "def add(", "large",
@@ -201,7 +201,7 @@ def test_compare_reads_malformed_categories_without_a_traceback(tmp_path, capsys
 def test_one_plugin_that_fails_to_import_hides_no_other_policy(monkeypatch, caplog):
     """U5/U6: one broken entry point made `bild policies` list nothing and hid "did you mean" for --methods."""
     import bild.registry
-    from bild.lab.measure import parse_methods
+    from bild.lab.methods import parse_methods
 
     class Broken:
         value = "broken_pkg:Policy"

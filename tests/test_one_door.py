@@ -13,7 +13,7 @@ from bild.costs import CostModel
 from bild.lab.bench import run_bench
 from bild.lab.chat import conversations
 from bild.lab.cli import main as cli
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.options import TuneOptions
 from bild.lab.tasks import load_examples
 from bild.lab.traces import collect_traces

@@ -12,7 +12,7 @@ import pytest
 from bild import GenerationConfig, Observer, Policy, generate, generate_single
 from bild.costs import CostModel, PassCosts
 from bild.lab.bench import run_bench
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.oracle import (
     accepted_runs,
     closed_form,

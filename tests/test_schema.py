@@ -11,7 +11,7 @@ from bild import GenerationConfig
 from bild.costs import CostModel
 from bild.lab.bench import run_bench
 from bild.lab.compare import compare, load_report
-from bild.lab.measure import parse_methods
+from bild.lab.methods import parse_methods
 from bild.lab.schema import BenchReport, LoopSplit, MethodRow, Oracle, undeclared
 from bild.lab.tasks import Example
 

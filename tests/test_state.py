@@ -115,7 +115,8 @@ def test_views_expose_history_and_the_hidden_state(load_pair):
 
 
 def test_a_bench_keeps_one_state_per_method_across_prompts(load_pair):
-    from bild.lab.measure import Method, measure
+    from bild.lab.measure import measure
+    from bild.lab.methods import Method
     from bild.lab.tasks import Example
 
     created: list[dict] = []

@@ -14,7 +14,7 @@ from bild import BildError, GenerationConfig, ModelPair  # noqa: E402
 from bild.lab.bench import format_table, run_bench  # noqa: E402
 from bild.lab.chat import Conversation  # noqa: E402
 from bild.lab.cli import main as cli  # noqa: E402
-from bild.lab.measure import parse_methods  # noqa: E402
+from bild.lab.methods import parse_methods  # noqa: E402
 from bild.lab.metrics import final_number  # noqa: E402
 from bild.lab.tasks import TASKS, load_examples, load_jsonl  # noqa: E402
 

@@ -216,7 +216,7 @@ def test_workers_racing_for_a_value_all_use_the_stored_one(tmp_path):
     import threading
     import time
 
-    from bild.lab.tune import shared_value
+    from bild.lab.study import shared_value
 
     storage = f"sqlite:///{tmp_path}/race.db"
     optuna.create_study(study_name="race", storage=storage)

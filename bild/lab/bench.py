@@ -1,8 +1,9 @@
 """`bild bench`: every method on the same prompts, side by side, in one process.
 
-Measuring is bild/lab/measure.py's (warm-up, rotated order, repeats, medians); writing is
-bild/lab/report.py's (incremental, resumable, locked). This module runs the two together and
-presents the result: a table, a plot, and a report whose schema docs/bench.md describes.
+Measuring is bild/lab/measure.py's (warm-up, rotated order, repeats, medians); the rows
+bild/lab/summary.py's; writing bild/lab/report.py's (incremental, resumable, locked). This
+module runs them together and presents the result: a table, a plot, and a report whose schema
+docs/bench.md describes.
 """
 
 from __future__ import annotations
@@ -16,22 +17,14 @@ from bild.costs import CostModel
 from bild.errors import BildError
 from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
-from bild.lab.measure import (
-    Measurement,
-    Method,
-    Results,
-    by_category,
-    measure,
-    peak_memory,
-    priced_by,
-    summarize,
-    without_loops,
-)
+from bild.lab.measure import Measurement, Results, measure
+from bild.lab.methods import Method
 from bild.lab.oracle import limit, teach
 from bild.lab.render import category_table, figure, fmt, table
 from bild.lab.report import ReportWriter
 from bild.lab.sandbox import check_answers
 from bild.lab.schema import MethodRow
+from bild.lab.summary import by_category, peak_memory, priced_by, summarize, without_loops
 from bild.lab.tasks import Example
 from bild.pair import ModelPair
 from bild.stats import GenerationStats

@@ -217,7 +217,7 @@ def logger_for(options: RunOptions, group: str):
 def front_methods(fronts: list[dict[str, Any]], pair: Any) -> list[Any]:
     """One method per trial of each front (read by `read_front`), after checking it was tuned on this pair."""
     from bild.lab.identity import pair_identity
-    from bild.lab.measure import Method
+    from bild.lab.methods import Method
     from policies import make_policy
 
     ours, methods = pair_identity(pair), []
@@ -237,7 +237,8 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     """Check every input and output, then load the pair, then bench."""
     from bild.lab.bench import format_table, plot, run_bench
     from bild.lab.calibrate import cost_model_for, read_cost_model
-    from bild.lab.measure import parse_methods
+    from bild.lab.chat import conversations
+    from bild.lab.methods import parse_methods
     from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
     from bild.lab.report import samples_path
     from bild.lab.tune import read_front
@@ -265,6 +266,8 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     if sharded:
         options = across_ranks(options)
     examples, pair = prepare(options, tests=options.execute_code)
+    # the prompts' own checks (chat mode, every turn within the context) before a calibration takes minutes
+    conversations(pair, examples, options.chat, options.system, options.generation.max_new_tokens)
     methods += front_methods(fronts, pair)
     found = identity(options, pair, examples)
     setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads,

@@ -1,7 +1,7 @@
 """The bench report, typed once: what `bild bench --json` writes and what `bild compare`, W&B and
 docs/bench.md read.
 
-The bench assembles its report as it measures (bench.py, measure.py, oracle.py) and checks it
+The bench assembles its report as it measures (bench.py, summary.py, oracle.py) and checks it
 against `BenchReport` every time it writes one (`checked`): a field added to a report without
 being added here is a warning there and fails the tests, so the schema cannot drift from what is
 written. Reading is

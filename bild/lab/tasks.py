@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from bild.errors import BildError, unknown_name
 from bild.lab.corpus import read_texts, stdlib_files
 
-TOTAL = "overall"  # the category a report gives the total of every category (bild/lab/measure.py)
+TOTAL = "overall"  # the category a report gives the total of every category (bild/lab/summary.py)
 PYCODE_PROMPT_CHARS = 480
 PYCODE_REFERENCE_CHARS = 240
 ROLES = ("system", "user", "assistant")

@@ -9,10 +9,10 @@
 - Objectives: `speedup,quality` (default) is a Pareto search whose front is `study.best_trials`;
   `speedup` alone maximises speed under `--max-quality-drop` (a constraint the sampler knows),
   with Optuna's `WilcoxonPruner` stopping hopeless trials early (one step per prompt).
-- Shared state lives in the study: the setup (a resumed study refuses other settings), the cost
-  model (calibrated by the first worker, or `--cost-model FILE`), the baseline (one per study
-  for the modelled objective, per study and machine for the measured one). Every worker uses the
-  stored values, never its own.
+- Shared state lives in the study (bild/lab/study.py): the setup (a resumed study refuses other
+  settings), the cost model (calibrated by the first worker, or `--cost-model FILE`), the baseline
+  (one per study for the modelled objective, per study and machine for the measured one), the
+  confirmation of the front. Every worker uses the stored values, never its own.
 - Workers started with the same command join one study; `--trials N` is the study's total of
   finished trials. No parameter set is evaluated twice: each worker seeds its sampler from the
   seed and the trials present when it starts, and a trial that draws a set the study already has
@@ -26,12 +26,8 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import socket
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,57 +39,33 @@ from bild.errors import BildError, unknown_name
 from bild.files import write_atomic
 from bild.lab.chat import Conversation, conversations
 from bild.lab.identity import machine_info, policy_origin
-from bild.lab.measure import (
-    Measurement,
-    Method,
-    Results,
-    measure,
-    policy_stats,
-    quality,
-    speedup,
-    summarize,
-    tokens_per_second,
-)
+from bild.lab.measure import Measurement, Results, measure
+from bild.lab.methods import Method
 from bild.lab.options import TuneOptions
 from bild.lab.oracle import accepted_runs, oracle_of_sources, teach
 from bild.lab.outputs import FRONT, PLOT, check_output
 from bild.lab.render import columns, figure, fmt, table
 from bild.lab.space import SearchSpace
+from bild.lab.study import (
+    FINISHED,
+    STUDY_NAME,
+    SkippedTrial,
+    check_objectives,
+    confirmation,
+    open_storage,
+    open_study,
+    run_trials,
+    shared_value,
+)
+from bild.lab.summary import policy_stats, quality, speedup, summarize, tokens_per_second
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
 from bild.pair import ModelPair
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 SAMPLES_PER_TRIAL = 4
-SETTLE_SECONDS = 1.0  # how long a worker waits before reading back a value it stored
-CONFIRM_WAIT_HEARTBEATS = 20  # a claim to confirm the front this many heartbeats old is taken over
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-class SkippedTrial(Exception):
-    """A trial beyond the study's total, or one that drew a parameter set the study already has."""
 
 
 # --- checks before anything is measured ---------------------------------------------------------------
-
-
-def check_objectives(options: TuneOptions) -> list[str]:
-    """The Optuna directions, after refusing contradictory combinations."""
-    objectives = options.objectives
-    if len(set(objectives)) != len(objectives):
-        raise BildError(f"--objectives {','.join(objectives)} lists an objective twice")
-    if sorted(objectives) == ["quality", "speedup"]:
-        if options.max_quality_drop is not None:
-            raise BildError("--max-quality-drop constrains a single-objective search: use --objectives speedup "
-                            "with it, or drop it for the speed-quality Pareto front")
-        return ["maximize", "maximize"]
-    if objectives == ["speedup"]:
-        if options.max_quality_drop is None:
-            raise BildError("--objectives speedup needs --max-quality-drop X, or the search trades all quality "
-                            "for speed; use --objectives speedup,quality for a Pareto front")
-        return ["maximize"]
-    raise BildError(f"--objectives {','.join(objectives)}: use speedup,quality (Pareto) or speedup "
-                    "(with --max-quality-drop)")
 
 
 def check_setup(options: TuneOptions, inputs: list[str | None] = ()) -> Path:
@@ -120,91 +92,6 @@ def check_examples(options: TuneOptions, examples: list[Example]) -> None:
     if options.metric != "agreement" and any(e.reference is None for e in examples):
         raise BildError(f"--metric {options.metric} needs a reference for every prompt; "
                         "use --metric agreement (agreement with the large model) for prompts without")
-
-
-def open_storage(options: TuneOptions) -> optuna.storages.RDBStorage:
-    """The RDB storage with heartbeats and retries; workers starting together may race to create
-    the schema, so a schema clash is retried."""
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happens, without tracebacks
-    error: Exception | None = None
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(
-                options.storage, heartbeat_interval=options.heartbeat, grace_period=2 * options.heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=options.max_retry),
-                engine_kwargs=None if options.storage.startswith("sqlite") else {"pool_pre_ping": True},
-            )
-        except (IntegrityError, ProgrammingError) as e:
-            error = e
-            time.sleep(0.5 + attempt)
-        except Exception as e:  # sqlalchemy and the drivers raise many types for "unreachable"
-            error = e
-            break
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise BildError(f"cannot open the study storage {options.storage!r}: {first}") from error
-
-
-def make_sampler(options: TuneOptions, space: SearchSpace, seed: int | None) -> optuna.samplers.BaseSampler:
-    single = len(options.objectives) == 1
-    if options.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if options.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
-    if options.sampler == "nsga2" and not single:
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=None)
-    if options.sampler == "nsga2":
-        raise BildError("--sampler nsga2 is a multi-objective sampler: use it with --objectives speedup,quality")
-    if options.sampler == "gp":  # a Gaussian process: sample-efficient for a few thresholds and under 100 trials
-        return optuna.samplers.GPSampler(seed=seed)  # reads the quality constraint each trial sets
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, constant_liar=True)
-
-
-def open_study(options: TuneOptions, storage: optuna.storages.RDBStorage, space: SearchSpace,
-               setup: dict[str, Any]) -> optuna.Study:
-    directions = check_objectives(options)
-    pruner = optuna.pruners.WilcoxonPruner(p_threshold=0.1) if len(directions) == 1 else optuna.pruners.NopPruner()
-    try:
-        study = optuna.create_study(storage=storage, study_name=options.study, directions=directions,
-                                    load_if_exists=True, pruner=pruner)
-    except ValueError as e:
-        raise BildError(f"study {options.study!r}: {e}") from e
-    existing = study.user_attrs.get("setup")
-    if existing is None:
-        study.set_user_attr("setup", setup)
-        study.set_metric_names(["speedup", options.metric][: len(directions)])
-    elif existing != setup:
-        diff = sorted(k for k in set(existing) | set(setup) if existing.get(k) != setup.get(k))
-        if diff == ["policy_code"]:
-            raise BildError(f"study {options.study!r} tuned other code of {options.policy!r} (its file has changed "
-                            "since): pick another --study name to tune the edited policy, or restore the file to "
-                            "resume it")
-        raise BildError(f"study {options.study!r} exists with other settings ({', '.join(diff)} differ): "
-                        "pick another --study name, or rerun with the study's settings to resume it")
-    if [d.name.lower() for d in study.directions] != directions:
-        raise BildError(f"study {options.study!r} exists with other objectives: pick another --study name")
-    # a worker's own stream of samples: resuming or joining never replays the sampler's start
-    seed = None if options.sampler_seed is None else (options.sampler_seed + len(study.trials)) % 2**32
-    study.sampler = make_sampler(options, space, seed)
-    return study
-
-
-def shared_value(study: optuna.Study, storage: optuna.storages.BaseStorage, key: str, compute: Any) -> Any:
-    """The study's value under `key`, computed and stored by the first worker that needs it.
-
-    Workers that compute it at the same moment each store theirs, wait, and read back the one
-    that stayed, so all of them use one value.
-    """
-    if key in study.user_attrs:
-        return study.user_attrs[key]
-    value = compute()
-    if key not in optuna.load_study(study_name=study.study_name, storage=storage).user_attrs:
-        study.set_user_attr(key, value)
-        time.sleep(SETTLE_SECONDS)
-    return optuna.load_study(study_name=study.study_name, storage=storage).user_attrs[key]
 
 
 # --- measuring ---------------------------------------------------------------------------------------
@@ -313,51 +200,6 @@ class Objective:
 # --- running -----------------------------------------------------------------------------------------
 
 
-def progress_line(study: optuna.Study, total: int, metric: str):
-    """After each trial: one line on stderr."""
-
-    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state not in FINISHED:
-            return
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        q = (trial.user_attrs.get("quality") or {}).get(metric)
-        print(f"[{finished}/{total}] trial {trial.number} {trial.state.name.lower()}: speedup "
-              f"{trial.user_attrs.get('speedup', float('nan')):.2f}, {metric} {'-' if q is None else f'{q:.2f}'} "
-              f"({params})", file=sys.stderr, flush=True)
-
-    return callback
-
-
-def run_trials(study: optuna.Study, objective: Objective, options: TuneOptions) -> None:
-    """Run trials until the study holds `options.trials` finished ones, or every distinct setting of a small space
-    (or this worker's timeout)."""
-    deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    distinct = objective.space.size()
-    told = False
-    while deadline is None or time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, and a retry queued
-        finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished >= options.trials:
-            return
-        if distinct is not None and finished >= distinct:
-            print(f"study {study.study_name}: its space holds {distinct} distinct setting(s), all measured: stopping "
-                  f"at {finished} of --trials {options.trials} (widen --space for more)", file=sys.stderr, flush=True)
-            return
-        if finished + running >= options.trials:
-            if not told:
-                print(f"study {study.study_name}: {finished}/{options.trials} finished; waiting for {running} "
-                      f"trial(s) running elsewhere (a stopped worker's trial is retried once its heartbeat is "
-                      f"{2 * options.heartbeat} s old)", file=sys.stderr, flush=True)
-                told = True
-            time.sleep(min(options.heartbeat, 5))
-            continue
-        told = False
-        study.optimize(objective, n_trials=1, catch=(SkippedTrial,),
-                       callbacks=[progress_line(study, options.trials, options.metric)])
-
-
 def front(study: optuna.Study, options: TuneOptions) -> list[FrozenTrial]:
     """The Pareto front (two objectives) or the fastest trial within the quality constraint."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -394,44 +236,9 @@ def final_front(study: optuna.Study, options: TuneOptions, space: SearchSpace | 
     return [r for r in rows if beats_baseline(r)], [{**r, "dominated": True} for r in rows if not beats_baseline(r)]
 
 
-def confirmation(study: optuna.Study, storage: optuna.storages.BaseStorage, objective: Objective,
-                 rows: list[dict[str, Any]], options: TuneOptions) -> tuple[dict[str, Any], bool]:
-    """The study's one confirmation of its front on the clock, and whether this worker made it.
-
-    The first worker to get here claims it, measures and stores it; the others wait for it and read it,
-    so every worker reports the same measured speedups. A claim older than its wait is taken over (its
-    worker died).
-    """
-    def attrs() -> dict[str, Any]:
-        return optuna.load_study(study_name=study.study_name, storage=storage).user_attrs
-
-    me, patience = f"{socket.gethostname()}:{os.getpid()}", CONFIRM_WAIT_HEARTBEATS * options.heartbeat
-    told = False
-    while "confirmation" not in (found := attrs()):
-        claim = found.get("confirming")
-        if claim is None or time.time() - claim["at"] > patience:
-            study.set_user_attr("confirming", {"by": me, "at": time.time()})
-            time.sleep(SETTLE_SECONDS)
-            claim = attrs()["confirming"]
-        if claim["by"] == me:
-            measured = confirm(objective, rows, options.confirm)
-            value = {"by": me, "machine": machine_info(objective.pair),
-                     "measured_speedup": {str(k): v for k, v in measured.items()}}
-            study.set_user_attr("confirmation", value)
-            return value, True
-        if not told:
-            print(f"study {study.study_name}: {claim['by']} is confirming the front on its clock; waiting for it",
-                  file=sys.stderr, flush=True)
-            told = True
-        time.sleep(min(options.heartbeat, 2))
-    return found["confirmation"], False
-
-
-def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dict[int, float]:
-    """Measured speedups of the `count` fastest front trials, side by side with the large model."""
+def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dict[str, Any]:
+    """Measured speedups of the `count` fastest front trials, side by side with the large model, and the machine."""
     best = sorted(rows, key=lambda r: -r["speedup"])[:count]
-    if not best:
-        return {}
     keys = list(objective.space.params)
     methods = [Method(name="large")] + [
         objective.method({k: r[k] for k in keys if k in r}).model_copy(update={"name": f"trial-{r['trial']}"})
@@ -440,7 +247,9 @@ def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dic
                                                objective.options.generation, objective.options.repeats,
                                                progress=False, costs=objective.costs, chat=objective.options.chat,
                                                system=objective.options.system), objective.examples)
-    return {r["trial"]: rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"] for r in best}
+    return {"machine": machine_info(objective.pair),
+            "measured_speedup": {str(r["trial"]): rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"]
+                                 for r in best}}
 
 
 def format_front(rows: list[dict[str, Any]]) -> str:
@@ -534,11 +343,12 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                                                                                 sources))
     objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})},
                           oracle_seconds)
-    run_trials(study, objective, options)
+    run_trials(study, objective, options, space.size())
 
     base_quality = objective.base_quality.get(options.metric)
     kept, dominated = final_front(study, options, space)
-    confirmed, here = confirmation(study, storage, objective, kept, options) if kept and options.confirm else ({}, True)
+    confirmed, here = (confirmation(study, storage, options, lambda: confirm(objective, kept, options.confirm))
+                       if kept and options.confirm else ({}, True))
     for r in kept:
         r["measured_speedup"] = confirmed.get("measured_speedup", {}).get(str(r["trial"]))
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))

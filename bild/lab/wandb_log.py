@@ -100,7 +100,7 @@ class WandbLogger:
             tables["categories"] = (["category", "method", *GROUP_COLUMNS],
                                     [[c, m, *(r.get(k) for k in GROUP_COLUMNS)] for c, methods
                                      in report["categories"].items() for m, r in methods.items()])
-        if (split := report.get("without_loops")) and split["methods"]:  # lookup's honest test (measure.py)
+        if (split := report.get("without_loops")) and split["methods"]:  # lookup's honest test (summary.py)
             tables["without_loops"] = (["method", *GROUP_COLUMNS],
                                        [[m, *(r.get(k) for k in GROUP_COLUMNS)] for m, r in split["methods"].items()])
         self.log_run(name, config=config, job_type="bench", samples=samples,
