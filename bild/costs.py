@@ -40,6 +40,14 @@ NOISE_FLOOR = 0.002  # seconds: below this, sub-millisecond passes jitter by the
 log = logging.getLogger("bild")
 
 
+def dips(passes: list[float], spread: list[float] | None = None) -> list[int]:
+    """The indices n whose pass is cheaper than the one before beyond noise (`DIP`, both lengths' spread, and
+    `NOISE_FLOOR`): what a longer pass cannot do, unless the machine's kernels do it every time."""
+    return [n for n in range(1, len(passes))
+            if passes[n] < passes[n - 1] * (1 - DIP - (max(spread[n - 1], spread[n]) if spread else 0.0))
+            - NOISE_FLOOR]
+
+
 class PassCosts(BaseModel):
     """One model's costs on one device."""
 
@@ -59,12 +67,10 @@ class PassCosts(BaseModel):
             raise ValueError(f"prefill {list(self.prefill)} must be two non-negative numbers of seconds")
         if self.spread is not None and len(self.spread) != len(self.passes):
             raise ValueError(f"spread has {len(self.spread)} values for {len(self.passes)} pass lengths")
-        for n in range(1, len(self.passes)):
-            noise = DIP + (max(self.spread[n - 1], self.spread[n]) if self.spread else 0.0)
-            if self.passes[n] < self.passes[n - 1] * (1 - noise) - NOISE_FLOOR:
-                raise ValueError(f"passes[{n}] (a pass of {n + 1} tokens, {self.passes[n]:.4g} s) is cheaper than "
-                                 f"passes[{n - 1}] ({self.passes[n - 1]:.4g} s) beyond its noise: a longer pass "
-                                 "cannot cost less; calibrate again on a quiet machine")
+        for n in dips(self.passes, self.spread)[:1]:
+            raise ValueError(f"passes[{n}] (a pass of {n + 1} tokens, {self.passes[n]:.4g} s) is cheaper than "
+                             f"passes[{n - 1}] ({self.passes[n - 1]:.4g} s) beyond its noise: a longer pass "
+                             "cannot cost less; calibrate again on a quiet machine")
         return self
 
     def pass_seconds(self, n: int) -> float:

@@ -14,9 +14,11 @@ processes took meanwhile (bild/lab/load.py); and it checks the curve's shape. It
 a length's spread exceeds `MAX_SPREAD`, other processes took more than `load.BUSY` of the
 machine, a pass is cheaper than a shorter one beyond its noise, or a 2-token pass costs more
 than `STEEP` one-token passes. A noisy calibration is measured again, up to `TRIES` times, with a
-line saying why (an implausible curve that a second try on a steady machine reproduces within
-`AGREE` is the machine's own, e.g. a kernel that serves one row slower than two: it is kept, its
-prices made monotone, and `noise.reproduced` says so); if it stays noisy, `bild calibrate`
+line saying why (an implausible curve whose implausible points a second try on a steady machine
+measures again at the same lengths is the machine's own, e.g. a kernel that serves one row slower
+than two, or three slower than four: it is kept, its prices made monotone, and `noise.reproduced`
+says so — the same lengths, not the same seconds: on a CPU whose fp32 kernels vary by 15% from one
+try to the next, the dip is what recurs); if it stays noisy, `bild calibrate`
 refuses to write it (exit 2, one line saying what was noisy) and a bench or tune prices this run
 with it but does not cache it, and says so — unless `--accept-noisy` is given, which is recorded
 in the file (`noise.accepted`) and so in every report priced by it.
@@ -46,7 +48,7 @@ from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from bild.config import GenerationConfig
-from bild.costs import NOISE_FLOOR, CostModel, PassCosts
+from bild.costs import NOISE_FLOOR, CostModel, PassCosts, dips
 from bild.engine import generate
 from bild.errors import BildError, describe_errors
 from bild.forward import Runner
@@ -62,7 +64,6 @@ MAX_SPREAD = 0.5  # a length whose repeats' interquartile range exceeds this sha
 # (and exceeds costs.NOISE_FLOOR seconds)
 STEEP = 3.0  # a 2-token pass costing more than this many 1-token passes is not a plausible curve
 TRIES = 3  # calibrations made before a noisy one is given up on
-AGREE = 0.10  # two tries whose pass costs are all within this share of each other measured the same curve
 
 
 class NoisyCalibration(BildError):
@@ -224,17 +225,18 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, prog
     unless `accept_noisy`. An implausible curve measured twice alike on a steady machine is the machine's own
     (a kernel that serves one row slower than two): it is kept, and says so."""
     identity = costs_identity(pair, config)  # outside inference mode: a tensor-parallel weight cannot be read in it
-    previous = None  # the last try's curves, when only their shape was in doubt
+    previous: set[tuple[str, str, int]] | None = None  # where the last try's curves were implausible, if steady
     for attempt in range(1, TRIES + 1):
         costs, unsteady, shape = measure_costs(pair, config, identity, repeats, progress)
         if not unsteady and not shape:
             return costs
-        if not unsteady and previous is not None and same_curves(previous, costs.noise["medians"]):
+        marks = implausible(costs.noise["medians"], {w: getattr(costs, w).spread for w in ("small", "large")})
+        if not unsteady and previous is not None and marks <= previous:
             found = [s.split(" beyond its noise")[0] for s in shape]  # what was measured, not the advice for noise
             print(f"bild calibrate: try {attempt} measured the same curve as try {attempt - 1} ({'; '.join(found)}): "
                   "the machine's own, kept (priced monotone)", file=sys.stderr, flush=True)
             return costs.model_copy(update={"noise": {**costs.noise, "problems": [], "reproduced": found}})
-        previous = None if unsteady else costs.noise["medians"]
+        previous = None if unsteady else marks
         print(f"bild calibrate: try {attempt} of {TRIES} was noisy ({'; '.join(unsteady + shape)})"
               + ("; measuring again" if attempt < TRIES else ""), file=sys.stderr, flush=True)
     if not accept_noisy:
@@ -242,10 +244,11 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, prog
     return costs.model_copy(update={"noise": {**costs.noise, "accepted": True}})
 
 
-def same_curves(a: dict[str, list[float]], b: dict[str, list[float]]) -> bool:
-    """Whether two tries measured every model's pass costs within `AGREE` of each other (or the noise floor)."""
-    return all(abs(x - y) <= AGREE * max(x, y) + NOISE_FLOOR
-               for which in a for x, y in zip(a[which], b[which], strict=True))
+def implausible(medians: dict[str, list[float]], spreads: dict[str, list[float]]) -> set[tuple[str, str, int]]:
+    """Where each model's curve cannot be the cost of more work: the lengths it dips at (`costs.dips`), and a
+    2-token pass `STEEP` times a 1-token one."""
+    marks = {(w, "dip", n) for w in medians for n in dips(medians[w], spreads[w])}
+    return marks | {(w, "steep", 1) for w, p in medians.items() if len(p) > 1 and p[1] > STEEP * p[0]}
 
 
 @torch.inference_mode()
