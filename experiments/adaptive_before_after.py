@@ -23,6 +23,7 @@ from bild.costs import CostModel
 from bild.lab.bench import format_table, oracle_lines, run_bench
 from bild.lab.methods import parse_methods
 from bild.lab.tasks import load_examples
+from bild.lab.workload import Workload
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIR = ROOT.parent / "shared" / "models" / "pycode-pair"
@@ -42,10 +43,10 @@ def main(commit: str = "7eadc5e") -> None:
     torch.set_num_threads(2)
     pair = ModelPair.from_pretrained(str(PAIR / "small"), str(PAIR / "large"), device="cpu", dtype="float32")
     examples = load_examples(prompts=str(ROOT / "experiments/data/pycode_tune.jsonl"), n=24)
-    report, _ = run_bench(pair, examples, parse_methods("large,exact,adaptive-before,adaptive"),
-                          GenerationConfig(max_new_tokens=64), progress=False,
-                          out=str(ROOT / "out/pycode_adaptive_before_after.json"),
-                          costs=CostModel.load(ROOT / "out/pycode-costs.json"))
+    report, _ = run_bench(Workload(pair, examples, GenerationConfig(max_new_tokens=64),
+                                   costs=CostModel.load(ROOT / "out/pycode-costs.json"), progress=False),
+                          parse_methods("large,exact,adaptive-before,adaptive"),
+                          out=str(ROOT / "out/pycode_adaptive_before_after.json"))
     print("\n".join([format_table(report), *oracle_lines(report)]))
 
 

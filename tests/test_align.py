@@ -9,8 +9,10 @@ import torch
 
 from bild import BildError, GenerationConfig, ModelPair, generate, generate_single, make_policy
 from bild.lab.align import align, build_data
+from bild.lab.options import AlignRecipe
 from bild.lab.outputs import OutputFolder
 from bild.lab.tasks import Example
+from bild.lab.workload import Workload
 
 from conftest import PROMPTS
 
@@ -26,12 +28,17 @@ def examples(n: int, tag: str = "") -> list[Example]:
                     reference="x = 1") for i in range(n)]
 
 
+def work(pair: ModelPair, prompts: list[Example], length: int = 64) -> Workload:
+    """The prompts to align on, with calibration continuations of `length` tokens."""
+    return Workload(pair, prompts, GenerationConfig(max_new_tokens=length), progress=False)
+
+
 @pytest.mark.parametrize("loss", ["fkl", "ce", "tvd"])
 def test_alignment_raises_agreement_and_writes_a_loadable_pair(pair, pair_dirs, tmp_path, loss):
     out = tmp_path / "aligned"
     held = examples(6, "# held out\n")
-    summary = align(pair, examples(40) + held, out, minutes=0.1, loss=loss, data="mix", length=8, top_k=8, lr=3e-3,
-                    exclude=held, evaluation=held, progress=False)
+    summary = align(work(pair, examples(40) + held, 8), out, 0.1,
+                    AlignRecipe(loss=loss, data="mix", teacher_top_k=8, lr=3e-3), exclude=held, evaluation=held)
     assert summary["steps"] > 0 and summary["dev_agreement_best"] >= summary["dev_agreement_before"]
     assert summary["prompts"] == 40  # the held-out prompts were excluded from the calibration set
     saved = json.loads((out / "align.json").read_text())
@@ -46,24 +53,24 @@ def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair
     out = tmp_path / "aligned"
     folder = OutputFolder(out, "align")
     folder.open()
-    build_data(pair, examples(70)[:66], out / "data", 6, "large", 4, progress=False, record=folder.wrote)  # cut off
+    build_data(work(pair, examples(70)[:66], 6), out / "data", "large", 4, record=folder.wrote)  # cut off
     shards = sorted((out / "data").glob("shard-*.pt"))
     assert len(shards) == 2
     stamp = shards[0].stat().st_mtime
     with pytest.raises(BildError, match="holds an earlier `bild align`: --resume continues it"):
-        align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, progress=False)
-    summary = align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, resume=True, progress=False)
+        align(work(pair, examples(70), 6), out, 0.05, AlignRecipe(teacher_top_k=4))
+    summary = align(work(pair, examples(70), 6), out, 0.05, AlignRecipe(teacher_top_k=4), resume=True)
     assert summary["prompts"] == 70 and shards[0].stat().st_mtime == stamp  # nothing generated twice
     shards[0].write_bytes(b"torn")
     with pytest.raises(BildError, match="is corrupt"):
-        align(pair, examples(70), out, minutes=0.05, length=6, top_k=4, resume=True, progress=False)
+        align(work(pair, examples(70), 6), out, 0.05, AlignRecipe(teacher_top_k=4), resume=True)
     with pytest.raises(BildError, match="shorter than one training step"):
-        align(pair, examples(20), tmp_path / "tiny", minutes=1e-6, length=6, top_k=4, progress=False)
+        align(work(pair, examples(20), 6), tmp_path / "tiny", 1e-6, AlignRecipe(teacher_top_k=4))
     with pytest.raises(BildError, match="at least 10"):
-        align(pair, examples(5), tmp_path / "few", minutes=0.05, length=6, progress=False)
+        align(work(pair, examples(5), 6), tmp_path / "few", 0.05)
     (tmp_path / "file").write_text("")
     with pytest.raises(BildError, match="is a file"):
-        align(pair, examples(20), tmp_path / "file", minutes=0.05, progress=False)
+        align(work(pair, examples(20)), tmp_path / "file", 0.05)
     assert torch.is_inference_mode_enabled() is False
     assert not (tmp_path / "few").exists()  # a refused run leaves no folder behind
 
@@ -71,11 +78,11 @@ def test_an_interrupted_calibration_set_resumes_and_bad_outputs_are_refused(pair
 def test_overwrite_deletes_only_what_align_wrote(pair, tmp_path):
     """A folder align wrote, plus a user's file: --overwrite replaces align's files and keeps the user's."""
     out = tmp_path / "aligned"
-    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, progress=False)
+    align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4))
     (out / "my-notes.txt").write_text("mine")
     written = json.loads((out / ".bild-output.json").read_text())["entries"]
     assert {"data/shard-00000.pt", "align.json", "config.json"} <= set(written) and "my-notes.txt" not in written
-    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, overwrite=True, progress=False)
+    align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4), overwrite=True)
     assert (out / "my-notes.txt").read_text() == "mine" and (out / "align.json").exists()
 
 
@@ -86,8 +93,8 @@ def test_a_set_that_overfits_at_once_hands_back_the_original_model(pair, pair_di
 
     original = {k: v.clone() for k, v in pair.small.state_dict().items()}
     out = tmp_path / "aligned"
-    summary = align(pair, examples(12), out, Stopping(seconds=60, patience=2, max_epochs=50, eval_every=1),
-                    length=6, top_k=4, lr=0.5, progress=False)
+    summary = align(work(pair, examples(12), 6), out, Stopping(seconds=60, patience=2, max_epochs=50, eval_every=1),
+                    AlignRecipe(teacher_top_k=4, lr=0.5))
     assert summary["improved"] is False and summary["best_step"] == 0 and summary["stopped"] == "patience"
     assert summary["evaluations"] == 2 and len(summary["dev_curve"]) == 3
     saved = ModelPair.from_pretrained(str(out), str(pair_dirs("llama", 1)[1]), device="cpu").small.state_dict()
@@ -102,12 +109,12 @@ def test_a_set_that_overfits_at_once_hands_back_the_original_model(pair, pair_di
 def test_training_stops_at_the_epoch_cap_or_the_clock(pair, tmp_path):
     from bild.lab.align import Stopping
 
-    capped = align(pair, examples(20), tmp_path / "a", Stopping(seconds=60, patience=100, max_epochs=2),
-                   length=4, top_k=4, batch_size=8, progress=False)
+    capped = align(work(pair, examples(20), 4), tmp_path / "a", Stopping(seconds=60, patience=100, max_epochs=2),
+                   AlignRecipe(teacher_top_k=4, batch=8))
     assert capped["stopped"] == "max_epochs" and capped["epochs"] == pytest.approx(2, abs=0.5)
     # patience and the epoch cap out of reach: a fast machine evaluates hundreds of times in half a second
-    timed = align(pair, examples(20), tmp_path / "b", Stopping(seconds=0.5, patience=10**9, max_epochs=10**9),
-                  length=4, top_k=4, batch_size=8, progress=False)
+    timed = align(work(pair, examples(20), 4), tmp_path / "b", Stopping(seconds=0.5, patience=10**9, max_epochs=10**9),
+                  AlignRecipe(teacher_top_k=4, batch=8))
     assert timed["stopped"] == "minutes" and timed["steps"] >= 1
 
 
@@ -128,7 +135,7 @@ def test_too_few_prompts_for_a_dev_split_are_refused_and_nothing_is_written(pair
     from bild.lab.align import dev_split
 
     with pytest.raises(BildError, match="at least 10"):
-        align(pair, examples(6), tmp_path / "few", minutes=0.05, length=4, progress=False)
+        align(work(pair, examples(6), 4), tmp_path / "few", 0.05)
     assert not (tmp_path / "few").exists()
     with pytest.raises(BildError, match="cannot make a dev split of 3 and a training set: give at least 6"):
         dev_split([{"id": str(i), "ids": torch.tensor([1, 2]), "start": 1} for i in range(5)])

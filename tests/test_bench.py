@@ -10,6 +10,7 @@ from bild import BildError, GenerationConfig
 from bild.lab.bench import format_table, plot, run_bench
 from bild.lab.methods import Method, parse_methods
 from bild.lab.tasks import Example, load_examples, load_jsonl
+from bild.lab.workload import Workload
 
 from conftest import PROMPTS, NeverFallback
 
@@ -25,7 +26,7 @@ def examples():
 def test_every_method_runs_and_exact_ones_agree(load_pair, examples, tmp_path, family):
     methods = parse_methods("large,large-hf,small,hf-assisted,exact,bild@fallback_threshold=0.5", {})
     out = tmp_path / "bench.json"
-    report, _ = run_bench(load_pair(family), examples, methods, CFG, out=str(out), progress=False,
+    report, _ = run_bench(Workload(load_pair(family), examples, CFG, progress=False), methods, out=str(out),
                           setup={"pair": family})
     rows = report["methods"]
     for exact in ("large-hf", "hf-assisted", "exact"):  # all three are the large model's greedy output
@@ -61,8 +62,8 @@ def test_transformers_assisted_generation_is_counted_as_our_policies_are(pair_di
     # transformers' assistant feeds BART's decoder its whole sequence over a cache that already holds part of it
     # (positions shift), so there even an identical assistant drafts other tokens: only the counts are checked
     for pair, all_kept in ((twins, family != "bart"), (load_pair(family), False)):
-        report, results = run_bench(pair, examples, parse_methods("large,hf-assisted"), CFG, progress=False,
-                                    costs=costs)
+        report, results = run_bench(Workload(pair, examples, CFG, costs=costs, progress=False),
+                                    parse_methods("large,hf-assisted"))
         for m in results["hf-assisted"]:
             s = m.stats
             assert s.accepted_draft_tokens + s.large.calls == len(m.tokens) == s.new_tokens
@@ -81,7 +82,7 @@ def test_each_method_is_anchored_on_the_large_model_of_its_own_fast_path(load_pa
     with no `large` has no anchor, and the report says so."""
     methods = parse_methods("large,large@fast_path=static,exact,exact@fast_path=static,bild@fast_path=static,"
                             "large-hf,small", {})
-    report, _ = run_bench(load_pair("llama"), examples, methods, CFG, progress=False)
+    report, _ = run_bench(Workload(load_pair("llama"), examples, CFG, progress=False), methods)
     rows = report["methods"]
     assert rows["exact"]["anchor"] == "large" and rows["exact@fast_path=static"]["anchor"] == "large@fast_path=static"
     assert rows["bild@fast_path=static"]["anchor"] == "large@fast_path=static" and rows["large-hf"]["anchor"] == "large"
@@ -91,8 +92,8 @@ def test_each_method_is_anchored_on_the_large_model_of_its_own_fast_path(load_pa
     for name in ("exact", "exact@fast_path=static", "large-hf"):
         assert rows[name]["exact_match_with_large"] == 1.0 and rows[name]["first_difference"] is None
     assert report["schema"] == "bild-bench/2" and not any("no `large`" in n for n in report["notes"])
-    alone, _ = run_bench(load_pair("llama"), examples[:1], parse_methods("large,exact@fast_path=static", {}), CFG,
-                         progress=False)
+    alone, _ = run_bench(Workload(load_pair("llama"), examples[:1], CFG, progress=False),
+                         parse_methods("large,exact@fast_path=static", {}))
     assert alone["methods"]["exact@fast_path=static"]["anchor"] is None
     assert alone["methods"]["exact@fast_path=static"]["speedup_vs_large"] is None
     assert any("no `large` ran on the fast path of exact@fast_path=static" in n for n in alone["notes"])
@@ -148,7 +149,7 @@ def test_interrupted_bench_keeps_what_it_measured(load_pair, examples, tmp_path)
     methods = [*parse_methods("large", {}), Method(name="fragile", policy=InterruptOnSecondPrompt())]
     out = tmp_path / "partial.json"
     with pytest.raises(KeyboardInterrupt):
-        run_bench(load_pair("llama"), examples, methods, CFG, out=str(out), progress=False)
+        run_bench(Workload(load_pair("llama"), examples, CFG, progress=False), methods, out=str(out))
     partial = json.loads(out.read_text())
     assert partial["complete"] is False and partial["prompts_done"] == 1
     assert set(partial["methods"]) == {"large", "fragile"}
@@ -181,8 +182,8 @@ def test_bad_input(tmp_path, load_pair, examples):
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(BildError, match="cannot create the folder"):
-        run_bench(load_pair("llama"), examples, parse_methods("large", {}), CFG,
-                  out=str(blocker / "dir" / "out.json"), progress=False)
+        run_bench(Workload(load_pair("llama"), examples, CFG, progress=False), parse_methods("large", {}),
+                  out=str(blocker / "dir" / "out.json"))
 
 
 def test_pycode_task_is_deterministic_and_offline():
@@ -216,10 +217,10 @@ def test_a_rerun_resumes_and_a_changed_setup_is_refused(load_pair, examples, tmp
 
     methods = [*parse_methods("large", {}), Method(name="counting", policy=Counting())]
     with pytest.raises(KeyboardInterrupt):
-        run_bench(pair, examples, methods, CFG, out=str(out), progress=False)
+        run_bench(Workload(pair, examples, CFG, progress=False), methods, out=str(out))
     assert json.loads(out.read_text())["prompts_done"] == 2
     generations.clear()
-    report, _ = run_bench(pair, examples, methods, CFG, out=str(out), progress=False)
+    report, _ = run_bench(Workload(pair, examples, CFG, progress=False), methods, out=str(out))
     assert report["complete"] and report["prompts_done"] == 4
     assert len(generations) == 1 + 2  # warm-up and the two prompts not measured before
     samples = [json.loads(line) for line in (tmp_path / "r.samples.jsonl").read_text().splitlines()]
@@ -227,9 +228,10 @@ def test_a_rerun_resumes_and_a_changed_setup_is_refused(load_pair, examples, tmp
         (i, m) for i in range(4) for m in ("large", "counting"))
     assert all(s["prompt"] == examples[s["index"]].prompt for s in samples)
     with pytest.raises(BildError, match=r"other settings \(generation differ"):
-        run_bench(pair, examples, methods, CFG.model_copy(update={"max_new_tokens": 5}), out=str(out), progress=False)
+        run_bench(Workload(pair, examples, CFG.model_copy(update={"max_new_tokens": 5}), progress=False), methods,
+                  out=str(out))
     generations.clear()
-    report, _ = run_bench(pair, examples[:2], methods, CFG, out=str(out), progress=False, overwrite=True)
+    report, _ = run_bench(Workload(pair, examples[:2], CFG, progress=False), methods, out=str(out), overwrite=True)
     assert report["prompts_done"] == 2 and len(generations) == 3
 
 
@@ -246,12 +248,13 @@ def test_a_rerun_after_a_policy_was_edited_measures_it_again(load_pair, examples
         module = importlib.reload(importlib.import_module("my_policy"))
         return [*parse_methods("large", {}), Method(name="mine", policy=module.Mine())]
 
-    run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)
-    report, _ = run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)  # unchanged: resumes
+    run_bench(Workload(pair, examples[:2], CFG, progress=False), methods(), out=str(out))
+    report, _ = run_bench(Workload(pair, examples[:2], CFG, progress=False), methods(),
+                          out=str(out))  # unchanged: resumes
     assert report["complete"]
     source.write_text(source.read_text() + "\nLIMIT = 3  # a module-level constant decides too\n")
     with pytest.raises(BildError, match="other code for mine: rerun with --overwrite"):
-        run_bench(pair, examples[:2], methods(), CFG, out=str(out), progress=False)
+        run_bench(Workload(pair, examples[:2], CFG, progress=False), methods(), out=str(out))
 
 
 def test_a_second_writer_of_one_report_is_refused(load_pair, examples, tmp_path):
@@ -262,14 +265,14 @@ def test_a_second_writer_of_one_report_is_refused(load_pair, examples, tmp_path)
     try:
         (tmp_path / "r.json.lock").write_text(str(holder.pid))
         with pytest.raises(BildError, match=f"another bench \\(pid {holder.pid}\\) is writing"):
-            run_bench(load_pair("llama"), examples, parse_methods("large", {}), CFG, out=str(tmp_path / "r.json"),
-                      progress=False)
+            run_bench(Workload(load_pair("llama"), examples, CFG, progress=False), parse_methods("large", {}),
+                      out=str(tmp_path / "r.json"))
     finally:
         holder.kill()
         holder.wait()
     # the holder is gone: its stale lock is taken over
-    run_bench(load_pair("llama"), examples[:1], parse_methods("large", {}), CFG, out=str(tmp_path / "r.json"),
-              progress=False)
+    run_bench(Workload(load_pair("llama"), examples[:1], CFG, progress=False), parse_methods("large", {}),
+              out=str(tmp_path / "r.json"))
     assert not (tmp_path / "r.json.lock").exists()
 
 
@@ -278,8 +281,9 @@ def test_the_split_without_loops_leaves_out_exactly_the_prompts_whose_large_outp
 
     assert ends_in_loop([5, 1, 2, 3] + [7, 8, 9] * 8) and ends_in_loop(list(range(30)) + [4] * 17)
     assert not ends_in_loop([7, 8, 9] * 8 + list(range(30))) and not ends_in_loop(list(range(30)) + [4] * 15)
-    report, results = run_bench(load_pair("llama"), examples, parse_methods("large,exact,pld", {}),
-                                GenerationConfig(max_new_tokens=32), progress=False)
+    report, results = run_bench(Workload(load_pair("llama"), examples, GenerationConfig(max_new_tokens=32),
+                                         progress=False),
+                                parse_methods("large,exact,pld", {}))
     split = report["without_loops"]
     looping = [ends_in_loop(m.tokens) for m in results["large"]]
     assert (split["reference"], split["looping"], split["prompts"]) == ("large", sum(looping), len(examples))

@@ -20,6 +20,7 @@ from bild.lab.options import TuneOptions
 from bild.lab.tasks import Example
 from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
+from bild.lab.workload import Workload
 from bild.stats import ModelStats
 
 from conftest import PROMPTS, cheap_costs
@@ -95,7 +96,8 @@ def test_bench_reports_modelled_speedups_that_do_not_depend_on_the_clock(load_pa
     costs = calibrate(pair, CFG, repeats=3)
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:3])]
     methods = parse_methods("large,large-hf,exact,bild@fallback_threshold=0.5")
-    reports = [run_bench(pair, examples, methods, CFG, progress=False, costs=costs)[0]["methods"] for _ in range(2)]
+    reports = [run_bench(Workload(pair, examples, CFG, costs=costs, progress=False),
+                         methods)[0]["methods"] for _ in range(2)]
     rows = reports[0]
     assert rows["large"]["modelled_speedup_vs_large"] == 1.0 and rows["large-hf"]["modelled_speedup_vs_large"] is None
     for name in ("exact", "bild@fallback_threshold=0.5"):
@@ -151,7 +153,7 @@ def test_modelled_studies_are_reproducible_and_resume_anywhere(load_pair, fixed_
     measured = []
     real = tune.measure
     monkeypatch.setattr(socket, "gethostname", lambda: "another-machine")
-    monkeypatch.setattr(tune, "measure", lambda *a, **kw: measured.append(a[2]) or real(*a, **kw))
+    monkeypatch.setattr(tune, "measure", lambda *a, **kw: measured.append(a[1]) or real(*a, **kw))
     run_tune(tune_options(tmp_path, "a", fixed_costs, trials=8), pair, examples, off, {})
     assert len(measured) == 2 and all(m[0].policy is not None for m in measured)  # the two new trials only
     study = optuna.load_study(study_name="a", storage=f"sqlite:///{tmp_path}/t.db")

@@ -20,6 +20,7 @@ from bild.lab.options import TuneOptions
 from bild.lab.tasks import Example
 from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
+from bild.lab.workload import Workload
 from policies import list_policies, make_policy, policy_class, unregister_policy
 
 from conftest import cheap_costs
@@ -80,8 +81,8 @@ def test_every_python_block_of_the_guide_runs_and_its_policy_generates_benches_a
         assert policy_class("running-confidence") is program["RunningConfidence"]
         pair, cfg = load_pair("llama", 1), GenerationConfig(max_new_tokens=12)
         examples = [Example(id=str(i), prompt=p) for i, p in enumerate(["def add(", "for i in", "the quick"])]
-        report, _ = run_bench(pair, examples, parse_methods("large,running-confidence,running-confidence@margin=0"),
-                              cfg, progress=False)
+        report, _ = run_bench(Workload(pair, examples, cfg, progress=False),
+                              parse_methods("large,running-confidence,running-confidence@margin=0"))
         row = report["methods"]["running-confidence"]
         assert row["exact_match_with_large"] == 1.0 and row["stats"]["mean_accepted_tokens"] >= 1.0
         options = TuneOptions(policy="running-confidence", trials=2, study="guide-state",

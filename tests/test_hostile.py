@@ -201,8 +201,9 @@ def test_api_inputs_are_checked_with_a_clear_error(load_pair):
     with pytest.raises(BildError, match="no prompts"):
         from bild.lab.bench import run_bench
         from bild.lab.methods import parse_methods
+        from bild.lab.workload import Workload
 
-        run_bench(pair, [], parse_methods("large"), GenerationConfig())
+        run_bench(Workload(pair, [], GenerationConfig()), parse_methods("large"))
 
 
 class Returns(Policy):

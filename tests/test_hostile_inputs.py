@@ -123,24 +123,26 @@ def test_a_policy_whose_new_state_raises_is_named_in_bench(load_pair):
     """C6/U7: inside bench, a new_state error became a generic disk message without the policy's name."""
     from bild.lab.bench import run_bench
     from bild.lab.methods import Method
+    from bild.lab.workload import Workload
 
     with pytest.raises(BildError, match=r"policy LosesItsFile.new_state raised FileNotFoundError"):
-        run_bench(load_pair("llama", 1), [Example(id="0", prompt="def add(")],
-                  [Method(name="large"), Method(name="mine", policy=LosesItsFile())],
-                  GenerationConfig(max_new_tokens=4), progress=False)
+        run_bench(Workload(load_pair("llama", 1), [Example(id="0", prompt="def add(")],
+                           GenerationConfig(max_new_tokens=4), progress=False),
+                  [Method(name="large"), Method(name="mine", policy=LosesItsFile())])
 
 
 def test_a_policy_with_a_path_parameter_and_numpy_integers_benches_and_reports(load_pair, tmp_path):
     """C7: a Path parameter made the report unserialisable after prompt 1; U8: rollback's np.int64 was refused."""
     from bild.lab.bench import run_bench
     from bild.lab.methods import Method
+    from bild.lab.workload import Workload
 
     pair, config = load_pair("llama", 1), GenerationConfig(max_new_tokens=8)
     assert generate(pair, "def add(", Numpy(), config).token_ids == generate_single(pair, "def add(", "large",
                                                                                     config).token_ids
-    run_bench(pair, [Example(id=str(i), prompt=p) for i, p in enumerate(["def add(", "for i in"])],
-              [Method(name="large"), Method(name="mine", policy=Numpy())], config, out=str(tmp_path / "r.json"),
-              progress=False)
+    run_bench(Workload(pair, [Example(id=str(i), prompt=p) for i, p in enumerate(["def add(", "for i in"])], config,
+                       progress=False),
+              [Method(name="large"), Method(name="mine", policy=Numpy())], out=str(tmp_path / "r.json"))
     written = json.loads((tmp_path / "r.json").read_text())
     assert written["methods"]["mine"]["params"]["path"] == str(LosesItsFile().path)
 

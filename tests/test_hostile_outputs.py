@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import bild.lab.align
-from bild import BildError, ModelPair
+from bild import BildError, GenerationConfig, ModelPair
 from bild.lab.align import Stopping, align
 from bild.lab.cli import main as cli
+from bild.lab.options import AlignRecipe
 from bild.lab.outputs import MANIFEST, PLOT, OutputFolder, check_output
 from bild.lab.render import figure
 from bild.lab.tasks import Example
+from bild.lab.workload import Workload
 
 from conftest import PROMPTS, one_error
 
@@ -32,6 +34,11 @@ def pair(pair_dirs):
 def examples(n: int) -> list[Example]:
     return [Example(id=str(i), prompt=PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS)), reference="x")
             for i in range(n)]
+
+
+def work(pair: ModelPair, prompts: list[Example], length: int = 64) -> Workload:
+    """The prompts to align on, with calibration continuations of `length` tokens."""
+    return Workload(pair, prompts, GenerationConfig(max_new_tokens=length), progress=False)
 
 
 def snapshot(*roots) -> dict:
@@ -86,13 +93,13 @@ def test_a_manifest_entry_behind_a_link_out_of_the_folder_deletes_nothing(tmp_pa
 def test_a_users_file_inside_a_folder_align_wrote_survives_overwrite(pair, tmp_path):
     """D4: the manifest lists files, not folders: a file put into OUT/data/ since is not align's."""
     out = tmp_path / "aligned"
-    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, progress=False)
+    align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4))
     written = json.loads((out / MANIFEST).read_text())["entries"]
     assert "data/shard-00000.pt" in written and "align.json" in written and "data" not in written
     (out / "data" / "notes.txt").write_text("mine")
     (out / "work" / "deep").mkdir()
     (out / "work" / "deep" / "more.txt").write_text("mine too")
-    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, overwrite=True, progress=False)
+    align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4), overwrite=True)
     assert (out / "data" / "notes.txt").read_text() == "mine"
     assert (out / "work" / "deep" / "more.txt").read_text() == "mine too"
     assert (out / "data" / "shard-00000.pt").exists()  # align's own, written afresh
@@ -160,25 +167,26 @@ def test_ctrl_c_before_any_shard_says_nothing_was_kept(tmp_path):
 def test_a_resumed_align_with_other_data_settings_is_refused(pair, tmp_path):
     """S11: the cached shards were built with the first run's settings; training on them under new ones lied."""
     out = tmp_path / "aligned"
-    align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, progress=False)
-    for changed, message in (({"length": 6}, "--max-new-tokens 4 (now 6)"), ({"top_k": 8}, "--teacher-top-k 4"),
-                             ({"data": "small"}, "--data 'large' (now 'small')")):
+    align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4))
+    for length, recipe, message in ((6, {}, "--max-new-tokens 4 (now 6)"),
+                                    (4, {"teacher_top_k": 8}, "--teacher-top-k 4"),
+                                    (4, {"data": "small"}, "--data 'large' (now 'small')")):
         with pytest.raises(BildError, match=message.replace("(", r"\(").replace(")", r"\)")):
-            align(pair, examples(20), out, minutes=0.02, **{"length": 4, "top_k": 4, **changed}, resume=True,
-                  progress=False)
+            align(work(pair, examples(20), length), out, 0.02, AlignRecipe(**{"teacher_top_k": 4, **recipe}),
+                  resume=True)
     with pytest.raises(BildError, match="other prompts than before"):
-        align(pair, examples(21), out, minutes=0.02, length=4, top_k=4, resume=True, progress=False)
-    assert align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, resume=True, progress=False)["steps"] > 0
+        align(work(pair, examples(21), 4), out, 0.02, AlignRecipe(teacher_top_k=4), resume=True)
+    assert align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4), resume=True)["steps"] > 0
 
 
 def test_a_torn_checkpoint_is_refused_in_one_line_and_never_unpickled(pair, tmp_path):
     """C14: the checkpoint was read with weights_only=False: whatever was there was unpickled."""
     out = tmp_path / "aligned"
-    align(pair, examples(20), out, Stopping(seconds=60, max_epochs=1), length=4, top_k=4, progress=False)
+    align(work(pair, examples(20), 4), out, Stopping(seconds=60, max_epochs=1), AlignRecipe(teacher_top_k=4))
     checkpoint = out / "work" / "checkpoint.pt"
     checkpoint.write_bytes(b"torn")
     with pytest.raises(BildError, match="is torn or not bild's"):
-        align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, resume=True, progress=False)
+        align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4), resume=True)
 
     class Payload:
         def __reduce__(self):
@@ -186,4 +194,4 @@ def test_a_torn_checkpoint_is_refused_in_one_line_and_never_unpickled(pair, tmp_
 
     torch.save({"model": {}, "optimizer": {}, "state": Payload()}, checkpoint)
     with pytest.raises(BildError, match="is torn or not bild's"):
-        align(pair, examples(20), out, minutes=0.02, length=4, top_k=4, resume=True, progress=False)
+        align(work(pair, examples(20), 4), out, 0.02, AlignRecipe(teacher_top_k=4), resume=True)

@@ -19,6 +19,7 @@ from bild.lab.tasks import load_examples
 from bild.lab.traces import collect_traces
 from bild.lab.tune import run_tune
 from bild.lab.wandb_log import WandbLogger
+from bild.lab.workload import Workload
 
 from conftest import cheap_costs, one_error
 from tiny import build_chat_pair
@@ -39,8 +40,8 @@ def chat(tmp_path_factory):
 
 def test_tunes_oracle_is_benchs_over_the_policys_sources_on_templated_two_turn_prompts(chat, tmp_path):
     costs = CostModel.load(cheap_costs(tmp_path))
-    report, _ = run_bench(chat["pair"], chat["examples"], parse_methods("large,exact@lookup_min=0"), CFG,
-                          progress=False, costs=costs, chat="on")
+    report, _ = run_bench(Workload(chat["pair"], chat["examples"], CFG, costs=costs, chat="on", progress=False),
+                          parse_methods("large,exact@lookup_min=0"))
     options = TuneOptions(policy="bild", trials=2, study="door", storage=f"sqlite:///{tmp_path}/t.db", sampler_seed=0,
                           generation=CFG, out_dir=str(tmp_path), confirm=0, cost_model=cheap_costs(tmp_path),
                           chat="on", metric="agreement")
@@ -58,7 +59,7 @@ def test_traces_see_the_templated_prompt_and_the_small_models_own_drafts(chat, t
     pair, examples, config = chat["pair"], chat["examples"], CFG.model_copy(update={"max_new_tokens": 48})
     counted = {}
     for mode in ("on", "off"):
-        meta = collect_traces(pair, examples, config, tmp_path / f"{mode}.jsonl", progress=False, chat=mode)
+        meta = collect_traces(Workload(pair, examples, config, chat=mode, progress=False), tmp_path / f"{mode}.jsonl")
         counted[mode] = meta["rows"]
     assert (tmp_path / "on.jsonl").read_text() != (tmp_path / "off.jsonl").read_text()
     # every traced draft is the small model's: as many as the chain (no context lookup) has judged on each first turn

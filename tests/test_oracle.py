@@ -24,6 +24,7 @@ from bild.lab.oracle import (
     teacher_forced,
 )
 from bild.lab.tasks import Example
+from bild.lab.workload import Workload
 from bild.schedule import Round
 from policies import make_policy
 
@@ -137,7 +138,8 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     lossy = "bild@fallback_threshold=0@rollback_threshold=30"
     methods = parse_methods(f"large,large-hf,exact@lookup_min=0,exact@verify_below=0@lookup_min=0,"
                             f"adaptive@lookup_min=0,exact,{lossy}")
-    report, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
+    report, _ = run_bench(Workload(pair, examples, CFG, costs=COSTS, progress=False), methods,
+                          out=str(tmp_path / "r.json"))
     o, rows = report["oracle"], report["methods"]
     assert o["anchor"] == "large" and o["prompts"] == 4 and len(o["per_prompt_oracle_speedup"]) == 4
     lossless = [r for r in rows.values() if r["exact_match_with_large"] == 1.0]
@@ -154,7 +156,8 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
         assert r["efficiency"] == pytest.approx(r["modelled_speedup_vs_large"] / o["modelled_speedup"])
         assert sum(r["gap"].values()) == pytest.approx(1.0) or r["gap_seconds"]["gap"] == pytest.approx(0)
     assert "efficiency" not in rows[lossy] and rows["large-hf"].get("efficiency") is None
-    resumed, _ = run_bench(pair, examples, methods, CFG, progress=False, costs=COSTS, out=str(tmp_path / "r.json"))
+    resumed, _ = run_bench(Workload(pair, examples, CFG, costs=COSTS, progress=False), methods,
+                           out=str(tmp_path / "r.json"))
     assert resumed["oracle"] == report["oracle"]  # a resumed report recomputes it from its samples
 
 
@@ -165,8 +168,8 @@ def test_the_limit_figure_shows_its_two_panels_side_by_side(load_pair, tmp_path,
     from bild.lab.bench import plot
 
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:2])]
-    report, _ = run_bench(load_pair("llama", 1), examples, parse_methods("large,exact"), CFG, progress=False,
-                          costs=COSTS)
+    report, _ = run_bench(Workload(load_pair("llama", 1), examples, CFG, costs=COSTS, progress=False),
+                          parse_methods("large,exact"))
     saved, save = [], matplotlib.figure.Figure.savefig
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
                         lambda fig, *a, **k: saved.append([ax.get_position() for ax in fig.axes]) or save(fig, *a, **k))
@@ -179,9 +182,9 @@ def test_the_limit_figure_shows_its_two_panels_side_by_side(load_pair, tmp_path,
 def test_without_an_exact_form_or_an_anchor_the_bench_says_so(load_pair):
     pair = load_pair("llama", 1)
     examples = [Example(id="0", prompt="def add(")]
-    sampled, _ = run_bench(pair, examples, parse_methods("large,exact"), CFG.model_copy(update={"temperature": 0.7,
-                                                                                               "seed": 1}),
-                           progress=False, costs=COSTS)
+    sampled_config = CFG.model_copy(update={"temperature": 0.7, "seed": 1})
+    sampled, _ = run_bench(Workload(pair, examples, sampled_config, costs=COSTS, progress=False),
+                           parse_methods("large,exact"))
     assert sampled["oracle"] is None and any("the oracle is greedy only" in n for n in sampled["notes"])
-    alone, _ = run_bench(pair, examples, parse_methods("exact"), CFG, progress=False, costs=COSTS)
+    alone, _ = run_bench(Workload(pair, examples, CFG, costs=COSTS, progress=False), parse_methods("exact"))
     assert alone["oracle"] is None and any("add `large` to --methods" in n for n in alone["notes"])

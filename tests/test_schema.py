@@ -14,6 +14,7 @@ from bild.lab.compare import compare, load_report
 from bild.lab.methods import parse_methods
 from bild.lab.schema import BenchReport, LoopSplit, MethodRow, Oracle, undeclared
 from bild.lab.tasks import Example
+from bild.lab.workload import Workload
 
 from conftest import PROMPTS, cheap_costs
 
@@ -53,9 +54,9 @@ def test_a_bench_writes_only_what_the_schema_declares(load_pair, tmp_path, caplo
                 for i, p in enumerate(PROMPTS[:4])]
     costs = CostModel.load(cheap_costs(tmp_path))
     with caplog.at_level("WARNING", logger="bild"):
-        report, _ = run_bench(load_pair("llama"), examples, parse_methods("large,hf-assisted,exact,pld,adaptive"),
-                              GenerationConfig(max_new_tokens=24), out=str(tmp_path / "r.json"), progress=False,
-                              costs=costs)
+        report, _ = run_bench(Workload(load_pair("llama"), examples, GenerationConfig(max_new_tokens=24), costs=costs,
+                                       progress=False),
+                              parse_methods("large,hf-assisted,exact,pld,adaptive"), out=str(tmp_path / "r.json"))
     parsed = BenchReport.model_validate(report)
     assert undeclared(parsed) == [] and not [r for r in caplog.records if "does not declare" in r.getMessage()]
     assert parsed.oracle.modelled_speedup and parsed.categories and parsed.methods["exact"].sources

@@ -118,6 +118,7 @@ def test_a_bench_keeps_one_state_per_method_across_prompts(load_pair):
     from bild.lab.measure import measure
     from bild.lab.methods import Method
     from bild.lab.tasks import Example
+    from bild.lab.workload import Workload
 
     created: list[dict] = []
 
@@ -127,6 +128,6 @@ def test_a_bench_keeps_one_state_per_method_across_prompts(load_pair):
             return created[-1]
 
     examples = [Example(id=str(i), prompt=p) for i, p in enumerate(PROMPTS[:3])]
-    measure(load_pair("llama", 1), examples, [Method(name="counted", policy=Counted(limit=1.0))], CFG, repeats=2,
-            progress=False)
+    work = Workload(load_pair("llama", 1), examples, CFG, repeats=2, progress=False)
+    measure(work, [Method(name="counted", policy=Counted(limit=1.0))])
     assert len(created) == 1 and created[0]["generations"] == 1 + 3 * 2  # warm-up, then 3 prompts twice

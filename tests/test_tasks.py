@@ -17,6 +17,7 @@ from bild.lab.cli import main as cli  # noqa: E402
 from bild.lab.methods import parse_methods  # noqa: E402
 from bild.lab.metrics import final_number  # noqa: E402
 from bild.lab.tasks import TASKS, load_examples, load_jsonl  # noqa: E402
+from bild.lab.workload import Workload  # noqa: E402
 
 from conftest import one_error  # noqa: E402
 from tiny import build_chat_pair, build_task_copies, dataset_card, parquet  # noqa: E402
@@ -105,7 +106,8 @@ def test_spec_bench_on_a_chat_pair_reports_by_category_and_exact_is_the_large_mo
                                                                                                   spec_file):
     examples = load_examples(prompts=spec_file)
     methods = parse_methods("large,hf-assisted,exact,adaptive")
-    report, results = run_bench(chat_pair, examples, methods, GenerationConfig(max_new_tokens=8), progress=False)
+    report, results = run_bench(Workload(chat_pair, examples, GenerationConfig(max_new_tokens=8), progress=False),
+                                methods)
     rows, categories = report["methods"], report["categories"]
     assert set(categories) == {"writing", "translation", "qa", "overall"}
     for name in ("hf-assisted", "exact", "adaptive"):

@@ -10,6 +10,7 @@ import torch
 from bild import BildError, GenerationConfig, generate
 from bild.lab.tasks import Example
 from bild.lab.traces import bootstrap_auc, collect_traces, roc_auc, train_classifier
+from bild.lab.workload import Workload
 from policies import make_policy
 
 from conftest import PROMPTS
@@ -19,8 +20,8 @@ from conftest import PROMPTS
 def traces(load_pair, tmp_path_factory):
     path = tmp_path_factory.mktemp("traces") / "t.jsonl"
     examples = [Example(id=f"p{i}-{j}", prompt=p + " " * j) for i, p in enumerate(PROMPTS) for j in range(4)]
-    meta = collect_traces(load_pair("llama", 1), examples, GenerationConfig(max_new_tokens=20), path, progress=False,
-                          hidden=True)
+    work = Workload(load_pair("llama", 1), examples, GenerationConfig(max_new_tokens=20), progress=False)
+    meta = collect_traces(work, path, hidden=True)
     return path, meta
 
 

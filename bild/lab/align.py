@@ -32,6 +32,7 @@ often the small model predicts what the large one would, the fewer fallbacks and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -48,11 +49,12 @@ from bild.errors import BildError
 from bild.files import write_atomic
 from bild.lab.chat import ChatMode, conversations
 from bild.lab.corpus import hash_fraction
-from bild.lab.options import AlignOptions
+from bild.lab.options import AlignOptions, AlignRecipe
 from bild.lab.outputs import OutputFolder
 from bild.lab.render import figure
 from bild.lab.tasks import Example
 from bild.lab.training import adamw, learning_rate, smooth, update
+from bild.lab.workload import Workload
 from bild.pair import ModelPair
 
 CHECKPOINT = "checkpoint.pt"  # under OUT/work
@@ -108,13 +110,13 @@ def prompt_ids(pair: ModelPair, examples: list[Example], chat: ChatMode = "auto"
             for talk in conversations(pair, examples, chat, system, max_new_tokens=None)}
 
 
-def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length: int, source: str, k: int,
-               progress: bool = True, record: Callable[[Path], None] = lambda path: None,
+def build_data(work: Workload, data_dir: Path, source: str, k: int, record: Callable[[Path], None] = lambda path: None,
                prompts: dict[str, list[int]] | None = None) -> list[dict[str, Any]]:
-    """The calibration set, from the cached shards plus the prompts they do not cover yet; `record` is told of
-    each shard before it is written (the output folder's manifest); `prompts`: each example's ids (default: as
-    `prompt_ids` renders them)."""
-    prompts = prompts or prompt_ids(pair, examples)
+    """The calibration set of `work`'s examples, continuations of its `max_new_tokens`, from the cached shards plus
+    the prompts they do not cover yet; `record` is told of each shard before it is written (the output folder's
+    manifest); `prompts`: each example's ids (default: as `prompt_ids` renders them)."""
+    pair, examples, length = work.pair, work.examples, work.config.max_new_tokens
+    prompts = prompts or prompt_ids(pair, examples, work.chat, work.system)
     data_dir.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     for shard in sorted(data_dir.glob("shard-*.pt")):
@@ -125,7 +127,7 @@ def build_data(pair: ModelPair, examples: list[Example], data_dir: Path, length:
                             "--resume (it is regenerated), or start afresh with --overwrite") from None
     done = {r["id"] for r in records}
     todo = [e for e in examples if e.id not in done]
-    bar = tqdm(total=len(todo), desc=f"calibration set ({source})", unit="prompt", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"calibration set ({source})", unit="prompt", disable=not work.progress)
     for start in range(0, len(todo), SHARD):
         chunk, shard_records = todo[start: start + SHARD], []
         for b in range(0, len(chunk), BATCH):
@@ -248,12 +250,13 @@ class Stopping(NamedTuple):
 
 
 def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[str, Any]], vocab: int,
-          loss_name: str, stopping: Stopping, work: Path, lr: float, batch_size: int, resume: bool,
-          progress: bool = True, record: Callable[[Path], None] = lambda path: None) -> dict[str, Any]:
+          recipe: AlignRecipe, stopping: Stopping, work: Path, resume: bool, progress: bool = True,
+          record: Callable[[Path], None] = lambda path: None) -> dict[str, Any]:
     """Fine-tune until `stopping` says so; the best dev agreement's weights end in `model`, the original's when
     no step beat it (the original is the first checkpoint). A checkpoint is saved every minute and on Ctrl-C;
     `record` is told of every file written under `work`."""
     device = next(model.parameters()).device
+    loss_name, lr, batch_size = recipe.loss, recipe.lr, recipe.batch
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.float().train().requires_grad_(True)  # trained in float32 whatever the pair's dtype
     opt = adamw(model, lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -427,59 +430,57 @@ def evaluate(pair: ModelPair, records: list[dict[str, Any]], examples: list[Exam
             "small_chrf": small_quality(pair, examples, length, prompts)}
 
 
-def align(pair: ModelPair, examples: list[Example], out: str | Path | OutputFolder, minutes: float | Stopping,
-          loss: str = "ce", data: str = "large", length: int = 64, top_k: int = 32, lr: float = 1e-4,
-          batch_size: int = 32, exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False,
-          overwrite: bool = False, progress: bool = True, chat: ChatMode = "auto", system: str | None = None
+def align(work: Workload, out: str | Path | OutputFolder, minutes: float | Stopping, recipe: AlignRecipe | None = None,
+          exclude: list[Example] = (), evaluation: list[Example] = (), resume: bool = False, overwrite: bool = False
           ) -> dict[str, Any]:
-    """Build (or resume) the calibration set, fine-tune the small model, write OUT and OUT/align.json.
+    """Build (or resume) the calibration set of `work`'s examples (continuations of its `max_new_tokens`, prompts
+    as its chat mode renders them), fine-tune the small model, write OUT and OUT/align.json.
 
     OUT follows bild/lab/outputs.py's rule: a new or empty folder, or one an earlier `bild align`
     wrote (`resume` continues it; `overwrite` deletes what that run wrote, and only that).
     """
+    pair = work.pair
     folder = out if isinstance(out, OutputFolder) else OutputFolder(out, "align", [pair.small_name, pair.large_name],
                                                                     resume, overwrite)
-    examples = excluded(examples, list(exclude))
+    examples = excluded(work.examples, list(exclude))
     if len(examples) < 10:
         raise BildError(f"{len(examples)} prompts are left for the calibration set: give at least 10")
     stopping = minutes if isinstance(minutes, Stopping) else Stopping(seconds=60 * minutes)
-    prompts = prompt_ids(pair, [*examples, *evaluation], chat, system)  # every prompt renders before OUT opens
+    prompts = prompt_ids(pair, [*examples, *evaluation], work.chat, work.system)  # all render before OUT opens
     folder.open()
     try:
-        return fine_tune(pair, examples, folder, stopping, loss, data, length, top_k, lr, batch_size, len(exclude),
-                         list(evaluation), bool(folder.manifest["entries"]), progress, prompts)
+        return fine_tune(dataclasses.replace(work, examples=examples), folder, stopping, recipe or AlignRecipe(),
+                         len(exclude), list(evaluation), bool(folder.manifest["entries"]), prompts)
     finally:
         folder.close_unused()
 
 
-def fine_tune(pair: ModelPair, examples: list[Example], folder: OutputFolder, stopping: Stopping, loss: str,
-              data: str, length: int, top_k: int, lr: float, batch_size: int, excluded_count: int,
-              evaluation: list[Example], resume: bool, progress: bool, prompts: dict[str, list[int]]
-              ) -> dict[str, Any]:
-    out = folder.path
-    keep_settings(folder, {"data": data, "max_new_tokens": length, "teacher_top_k": top_k,
+def fine_tune(work: Workload, folder: OutputFolder, stopping: Stopping, recipe: AlignRecipe, excluded_count: int,
+              evaluation: list[Example], resume: bool, prompts: dict[str, list[int]]) -> dict[str, Any]:
+    pair, examples, out, length = work.pair, work.examples, folder.path, work.config.max_new_tokens
+    keep_settings(folder, {"data": recipe.data, "max_new_tokens": length, "teacher_top_k": recipe.teacher_top_k,
                            "prompts": prompts_hash(examples, prompts), "eval": prompts_hash(evaluation, prompts)},
                   resume)
     started = time.monotonic()
-    records = build_data(pair, examples, out / "data", length, data, top_k, progress, folder.wrote, prompts)
+    records = build_data(work, out / "data", recipe.data, recipe.teacher_top_k, folder.wrote, prompts)
     data_seconds = time.monotonic() - started
     dev, train_records = dev_split(records)
     heldout: list[dict[str, Any]] = []
     before = None
     if evaluation:
-        heldout = build_data(pair, evaluation, out / "work" / "eval-data", length, "large", top_k, progress,
-                             folder.wrote, prompts)
+        heldout = build_data(dataclasses.replace(work, examples=evaluation), out / "work" / "eval-data", "large",
+                             recipe.teacher_top_k, folder.wrote, prompts)
         before = evaluate(pair, heldout, evaluation, length, prompts)
-    report = train(pair.small, train_records, dev, pair.vocab_size, loss, stopping, out / "work", lr, batch_size,
-                   resume, progress, folder.wrote)
+    report = train(pair.small, train_records, dev, pair.vocab_size, recipe, stopping, out / "work", resume,
+                   work.progress, folder.wrote)
     present = {p.name for p in out.iterdir()}
     pair.small.save_pretrained(out)
     pair.tokenizer.save_pretrained(out)
     folder.wrote(*sorted({p.name for p in out.iterdir()} - present), "align.json", "align-curve.png")
-    summary = {"small": pair.small_name, "large": pair.large_name, "data": data, "loss": loss, "prompts": len(records),
-               "continuation_tokens": length, "top_k": top_k, "lr": lr, "batch": batch_size,
-               "data_seconds": data_seconds, **report, "excluded": excluded_count,
-               "dev_prompts": len(dev), "train_prompts": len(train_records)}
+    summary = {"small": pair.small_name, "large": pair.large_name, "data": recipe.data, "loss": recipe.loss,
+               "prompts": len(records), "continuation_tokens": length, "top_k": recipe.teacher_top_k,
+               "lr": recipe.lr, "batch": recipe.batch, "data_seconds": data_seconds, **report,
+               "excluded": excluded_count, "dev_prompts": len(dev), "train_prompts": len(train_records)}
     if evaluation:
         summary["eval"] = {"prompts": len(evaluation), "before": before,
                            "after": evaluate(pair, heldout, evaluation, length, prompts)}
@@ -542,9 +543,8 @@ def run_align(options: AlignOptions) -> dict[str, Any]:
     if len(left) < 10:
         raise BildError(f"{len(left)} prompts are left for the calibration set after --exclude: give at least 10")
     stopping = Stopping(60 * options.minutes, options.patience, options.max_epochs, options.eval_every)
-    summary = align(load_pair(options), examples, folder, stopping, options.loss, options.data,
-                    options.generation.max_new_tokens, options.teacher_top_k, options.lr, options.batch, exclude,
-                    evaluation, chat=options.chat, system=options.system)
+    work = Workload(load_pair(options), examples, options.generation, chat=options.chat, system=options.system)
+    summary = align(work, folder, stopping, options.recipe, exclude, evaluation)
     for line in report_lines(summary, options.out):
         print(line)
     return summary

@@ -14,8 +14,6 @@ from typing import Any
 
 from bild.config import GenerationConfig
 from bild.costs import CostModel
-from bild.errors import BildError
-from bild.lab.chat import ChatMode
 from bild.lab.identity import machine_info
 from bild.lab.measure import Measurement, Results, measure
 from bild.lab.methods import Method
@@ -26,7 +24,7 @@ from bild.lab.sandbox import check_answers
 from bild.lab.schema import MethodRow
 from bild.lab.summary import by_category, peak_memory, priced_by, summarize, without_loops
 from bild.lab.tasks import Example
-from bild.pair import ModelPair
+from bild.lab.workload import Workload
 from bild.stats import GenerationStats
 
 log = logging.getLogger("bild")
@@ -125,23 +123,19 @@ def add_limit(report: dict[str, Any], methods: list[Method], results: Results, c
                                        per_prompt_efficiency=row["per_prompt_efficiency"])
 
 
-def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
-              repeats: int = 1, out: str | None = None, setup: dict[str, Any] | None = None,
-              inputs: list[str | None] = (), overwrite: bool = False, progress: bool = True,
-              costs: CostModel | None = None, context: dict[str, Any] | None = None,
-              chat: ChatMode = "auto", system: str | None = None, execute_code: bool = False
-              ) -> tuple[dict[str, Any], Results]:
-    """Measure every method on every example; return (and write, as it goes) the report and the results.
+def run_bench(work: Workload, methods: list[Method], out: str | None = None, setup: dict[str, Any] | None = None,
+              inputs: list[str | None] = (), overwrite: bool = False, context: dict[str, Any] | None = None,
+              execute_code: bool = False) -> tuple[dict[str, Any], Results]:
+    """Measure every method on every example of `work`; return (and write, as it goes) the report and the results.
 
     With a cost model, methods that ran on its fast path also get their modelled speedup over their
-    anchor, and policies read it as `step.costs`. `chat`, `system`: how examples become prompts.
-    `execute_code`: run each output against its example's tests (bild/lab/sandbox.py), for pass@1.
+    anchor, and policies read it as `step.costs`. `execute_code`: run each output against its
+    example's tests (bild/lab/sandbox.py), for pass@1.
     """
-    if not examples:
-        raise BildError("no prompts to bench: give at least one")
+    pair, examples, config, costs = work.pair, work.examples, work.config, work.costs
     setup = {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(examples),
-             "repeats": repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
-             "chat": chat, "system": system, "execute_code": execute_code,
+             "repeats": work.repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
+             "chat": work.chat, "system": work.system, "execute_code": execute_code,
              "policy_code": {m.name: m.origin.get("code") for m in methods if m.origin}}  # an edited policy reruns
     writer = ReportWriter(out, setup, inputs, overwrite)
     report = new_report(machine_info(pair), setup, context, costs, pair.placement())
@@ -175,8 +169,7 @@ def run_bench(pair: ModelPair, examples: list[Example], methods: list[Method], c
                  len(examples))
     writer.summary(report)  # from the start: a run killed during its warm-up still leaves its report
     try:
-        results = measure(pair, examples, methods, config, repeats, done=done, on_prompt=finish_prompt,
-                          progress=progress, costs=costs, chat=chat, system=system)
+        results = measure(work, methods, done=done, on_prompt=finish_prompt)
         fill(report, methods, results, examples, costs, config, len(examples))
         report["complete"] = True
         writer.summary(report)

@@ -255,13 +255,14 @@ def run_traces(options: TracesOptions) -> None:
     from bild.lab.outputs import TRACES, TRACES_META, check_output
     from bild.lab.tasks import load_examples
     from bild.lab.traces import collect_traces, meta_path
+    from bild.lab.workload import Workload
 
     inputs = [options.prompts, options.small, options.large]
     out = check_output(options.out, inputs, TRACES)
     check_output(meta_path(out), inputs, TRACES_META)
     examples = load_examples(options.prompts, options.task, options.n, options.offset, options.data_dir)
-    meta = collect_traces(load_pair(options), examples, options.generation, out, hidden=options.hidden,
-                          chat=options.chat, system=options.system)
+    meta = collect_traces(Workload(load_pair(options), examples, options.generation, chat=options.chat,
+                                   system=options.system), out, hidden=options.hidden)
     print(f"{meta['rows']} draft steps from {meta['prompts']} prompts written to {options.out} "
           f"({meta['rejected_rate']:.1%} would be rejected by the large model)")
 

@@ -242,6 +242,7 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
     from bild.lab.report import samples_path
     from bild.lab.tune import read_front
+    from bild.lab.workload import Workload
 
     from_front = bool(options.from_front) or options.study is not None
     listed = options.methods if "methods" in options.model_fields_set or not from_front else "large"
@@ -278,10 +279,10 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         report, results = bench_shard(pair, examples, methods, options, setup, inputs, costs)
     else:  # one process, or the ranks of a tensor-parallel model decoding in lockstep (rank 0 writes)
         costs = cost_model_for(options, pair, given, share if size > 1 else lambda found: found)
-        report, results = run_bench(pair, examples, methods, options.generation, repeats=options.repeats,
-                                    out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
-                                    overwrite=options.overwrite, costs=costs, context=context(options, pair),
-                                    chat=options.chat, system=options.system, progress=rank == 0,
+        report, results = run_bench(Workload(pair, examples, options.generation, costs=costs, chat=options.chat,
+                                             system=options.system, repeats=options.repeats, progress=rank == 0),
+                                    methods, out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
+                                    overwrite=options.overwrite, context=context(options, pair),
                                     execute_code=options.execute_code)
     if rank != 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
         return report
@@ -310,6 +311,7 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
     """This rank's shard, benched and written as a report of its own; on rank 0, every shard merged."""
     from bild.lab.bench import merge_shards, run_bench
     from bild.lab.report import samples_path
+    from bild.lab.workload import Workload
 
     rank, size = world()
     if size > len(examples):
@@ -318,10 +320,11 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
     out = shard_path(options.json_out, rank, size)
     error, report = None, None
     try:
-        report, _ = run_bench(pair, [examples[i] for i in mine], methods, options.generation, repeats=options.repeats,
-                              out=str(out), setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
-                              overwrite=options.overwrite, costs=costs, context=context(options, pair),
-                              chat=options.chat, system=options.system, progress=rank == 0,
+        report, _ = run_bench(Workload(pair, [examples[i] for i in mine], options.generation, costs=costs,
+                                       chat=options.chat, system=options.system, repeats=options.repeats,
+                                       progress=rank == 0),
+                              methods, out=str(out), setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
+                              overwrite=options.overwrite, context=context(options, pair),
                               execute_code=options.execute_code)
     except BildError as e:
         error = str(e)

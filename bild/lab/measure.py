@@ -20,14 +20,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from bild.config import GenerationConfig
-from bild.costs import CostModel
-from bild.errors import BildError
-from bild.lab.chat import ChatMode, Conversation, conversations
+from bild.lab.chat import Conversation
 from bild.lab.load import LoadMeter
 from bild.lab.methods import Method, Output, Run, converse, method_runner
-from bild.lab.tasks import Example
-from bild.pair import ModelPair
+from bild.lab.workload import Workload
 from bild.stats import GenerationStats
 
 
@@ -80,34 +76,28 @@ def measure_prompt(run: Run, example_id: str, method: str, conversation: Convers
 Results = dict[str, list[Measurement]]  # method name -> one measurement per prompt, in prompt order
 
 
-def measure(pair: ModelPair, examples: list[Example], methods: list[Method], config: GenerationConfig,
-            repeats: int = 1, done: Results | None = None,
-            on_prompt: Callable[[int, Results], None] | None = None, progress: bool = True,
-            costs: CostModel | None = None, chat: ChatMode = "auto", system: str | None = None) -> Results:
-    """Every method on every example after those in `done`; `on_prompt(i, results so far)` after each prompt.
-    `costs`: the cost model policies read; `chat`, `system`: how examples become prompts (bild/lab/chat.py)."""
+def measure(work: Workload, methods: list[Method], done: Results | None = None,
+            on_prompt: Callable[[int, Results], None] | None = None) -> Results:
+    """Every method on every example of `work` after those in `done`; `on_prompt(i, results so far)` after each
+    prompt."""
     from tqdm.auto import tqdm
 
-    if repeats < 1:
-        raise BildError(f"--repeats must be at least 1, got {repeats}")
-    if not examples:
-        raise BildError("no prompts to measure: give at least one")
     results: Results = {m.name: list((done or {}).get(m.name, [])) for m in methods}
     start = min(len(r) for r in results.values())
-    talks = conversations(pair, examples, chat, system, config.max_new_tokens)
+    examples, talks = work.examples, work.talks
     firsts = [c.first for c in talks]
-    runs = {m.name: method_runner(pair, m, config, costs) for m in methods}
+    runs = {m.name: method_runner(work.pair, m, work.config, work.costs) for m in methods}
     if start < len(examples):
         longest = max(range(start, len(examples)), key=lambda i: len(firsts[i]))
         for run in runs.values():  # warm-up: allocations, kernels, lazy imports, caches sized for the set
             run(firsts[longest])
-    bar = tqdm(total=(len(examples) - start) * len(methods), desc="measuring", unit="run", disable=not progress,
+    bar = tqdm(total=(len(examples) - start) * len(methods), desc="measuring", unit="run", disable=not work.progress,
                file=sys.stderr)
     try:
         for i in range(start, len(examples)):
             for m in methods[i % len(methods):] + methods[: i % len(methods)]:
                 results[m.name].append(measure_prompt(runs[m.name], examples[i].id, m.name, talks[i],
-                                                      repeats))
+                                                      work.repeats))
                 bar.update()
             if on_prompt is not None:
                 on_prompt(i, results)

@@ -192,7 +192,22 @@ class TrainPolicyOptions(BaseModel):
     hidden: bool = Field(False, description="also read the small model's hidden state (traces from --hidden)")
 
 
-class AlignOptions(Options, PromptOptions):
+class AlignRecipe(BaseModel):
+    """How `bild align` fine-tunes the small model (bild/lab/align.py): the options and the API share it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("ce", description="divergence to the large model: ce "
+                                                            "(its greedy tokens), fkl/rkl (forward/reverse KL), tvd "
+                                                            "(total variation), mix (ce + fkl)")
+    data: Literal["large", "small", "mix"] = Field("large", description="continuations from the large model "
+                                                   "(greedy), the small one (samples), or half each")
+    teacher_top_k: int = Field(32, ge=1, le=1024, description="teacher log-probabilities kept per position")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate")
+    batch: int = Field(32, ge=1, description="sequences per training step")
+
+
+class AlignOptions(AlignRecipe, Options, PromptOptions):
     command: Literal["align"] = "align"
     out: str = Field(description="folder for the aligned small model (a Hugging Face model folder) and align.json")
     minutes: float = Field(10.0, gt=0, description="upper bound on the fine-tuning's wall time (the calibration set "
@@ -201,19 +216,15 @@ class AlignOptions(Options, PromptOptions):
     max_epochs: float = Field(8.0, gt=0, description="stop after this many passes over the training prompts")
     eval_every: int | None = Field(None, ge=1, description="training steps between dev evaluations (default: half "
                                    "an epoch)")
-    loss: Literal["ce", "fkl", "rkl", "tvd", "mix"] = Field("ce", description="divergence to the large model: ce "
-                                                            "(its greedy tokens), fkl/rkl (forward/reverse KL), tvd "
-                                                            "(total variation), mix (ce + fkl)")
-    data: Literal["large", "small", "mix"] = Field("large", description="continuations from the large model "
-                                                   "(greedy), the small one (samples), or half each")
     exclude: str | None = Field(None, description="JSONL of held-out prompts never to train on")
     eval: str | None = Field(None, description="JSONL of held-out prompts: agreement, accepted runs and small-alone "
                              "chrF before and after")
-    teacher_top_k: int = Field(32, ge=1, le=1024, description="teacher log-probabilities kept per position")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate")
-    batch: int = Field(32, ge=1, description="sequences per training step")
     resume: bool = Field(False, description="continue an interrupted run in --out (its cached data and checkpoint)")
     overwrite: bool = Field(False, description="start afresh, deleting what an earlier `bild align` wrote in --out")
+
+    @property
+    def recipe(self) -> AlignRecipe:
+        return AlignRecipe(**self.model_dump(include=set(AlignRecipe.model_fields)))
 
 
 class RunConfigOptions(BaseModel):

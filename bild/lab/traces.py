@@ -26,16 +26,13 @@ from typing import Any
 
 import torch
 
-from bild.config import GenerationConfig
 from bild.engine import generate
 from bild.errors import BildError
 from bild.files import write_atomic
-from bild.lab.chat import ChatMode, conversations
 from bild.lab.corpus import hash_fraction
 from bild.lab.outputs import CLASSIFIER, TRACES, TRACES_META, check_output
-from bild.lab.tasks import Example
+from bild.lab.workload import Workload
 from bild.observer import Observer
-from bild.pair import ModelPair
 from bild.policy import DraftStep, Outcome, Verification
 from policies.learned import FEATURES, FORMAT, Round, features
 
@@ -77,11 +74,10 @@ def meta_path(traces: str | Path) -> Path:
     return traces.with_name(traces.name + ".meta.json")
 
 
-def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationConfig, out: str | Path,
-                   progress: bool = True, inputs: list[str | None] = (), hidden: bool = False,
-                   chat: ChatMode = "auto", system: str | None = None) -> dict[str, Any]:
+def collect_traces(work: Workload, out: str | Path, inputs: list[str | None] = (), hidden: bool = False
+                   ) -> dict[str, Any]:
     """Write one JSON line per judged draft to `out` (and `out.meta.json`); return counts. Each example's first
-    turn is decoded, as bench renders it (`chat`, `system`: bild/lab/chat.py)."""
+    turn is decoded, as bench renders it (the workload's chat mode and system prompt: bild/lab/chat.py)."""
     from tqdm.auto import tqdm
 
     from policies import make_policy
@@ -90,9 +86,9 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
     check_output(meta_path(out), list(inputs), TRACES_META)
     policy = make_policy("exact", {"verify_below": 0.0, "lookup_min": 0})  # every draft the small model's own
     lines, mismatches = [], 0
-    talks = conversations(pair, examples, chat, system, config.max_new_tokens)
-    for example, talk in tqdm(list(zip(examples, talks, strict=True)), desc="traces", unit="prompt",
-                              disable=not progress):
+    pair, examples, config = work.pair, work.examples, work.config
+    for example, talk in tqdm(list(zip(examples, work.talks, strict=True)), desc="traces", unit="prompt",
+                              disable=not work.progress):
         recorder = TraceRecorder(hidden)
         generate(pair, talk.first, policy, config, observers=[recorder])
         for row in recorder.rows:
@@ -103,7 +99,7 @@ def collect_traces(pair: ModelPair, examples: list[Example], config: GenerationC
             "vocab_size": pair.vocab_size, "hidden_size": pair.small.config.get_text_config(decoder=True).hidden_size
             if hidden else 0, "small": pair.small_name, "large": pair.large_name,
             "max_new_tokens": config.max_new_tokens, "max_draft_tokens": config.max_draft_tokens,
-            "chat": chat, "system": system}
+            "chat": work.chat, "system": work.system}
     write_atomic(meta_path(out), json.dumps(meta, indent=2) + "\n")
     return meta
 

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from bild.costs import CostModel
 from bild.errors import BildError, unknown_name
 from bild.files import write_atomic
-from bild.lab.chat import Conversation, conversations
+from bild.lab.chat import Conversation
 from bild.lab.identity import machine_info, policy_origin
 from bild.lab.measure import Measurement, Results, measure
 from bild.lab.methods import Method
@@ -60,6 +60,7 @@ from bild.lab.study import (
 from bild.lab.summary import policy_stats, quality, speedup, summarize, tokens_per_second
 from bild.lab.tasks import Example
 from bild.lab.wandb_log import WandbLogger
+from bild.lab.workload import Workload
 from bild.pair import ModelPair
 
 SAMPLES_PER_TRIAL = 4
@@ -100,12 +101,12 @@ def check_examples(options: TuneOptions, examples: list[Example]) -> None:
 class Objective:
     """One worker's objective: what every trial is measured and scored against."""
 
-    def __init__(self, options: TuneOptions, pair: ModelPair, examples: list[Example], space: SearchSpace,
-                 study: optuna.Study, costs: CostModel | None, base: list[Measurement], logger: WandbLogger,
-                 setup: dict[str, Any], oracle_seconds: list[float] | None = None) -> None:
-        self.options, self.pair, self.examples, self.space = options, pair, examples, space
-        self.study, self.costs, self.base, self.logger, self.setup = study, costs, base, logger, setup
-        self.base_quality = quality(base, examples, base)
+    def __init__(self, options: TuneOptions, work: Workload, space: SearchSpace, study: optuna.Study,
+                 base: list[Measurement], logger: WandbLogger, setup: dict[str, Any],
+                 oracle_seconds: list[float] | None = None) -> None:
+        self.options, self.work, self.space, self.study = options, work, space, study
+        self.base, self.logger, self.setup = base, logger, setup
+        self.base_quality = quality(base, work.examples, base)
         self.oracle_seconds = oracle_seconds  # per prompt, the oracle's modelled time (greedy, modelled pricing)
         self.said_lossy = False  # the note on lossy trials under --objective efficiency, once per worker
 
@@ -115,14 +116,14 @@ class Objective:
             return None
         prompts = range(start, start + len(done))
         oracle_time, base_time = (sum(self.oracle_seconds[i] for i in prompts),
-                                  sum(self.costs.seconds(self.base[i].stats) for i in prompts))
-        return speedup(done, self.base[start: start + len(done)], self.costs) / (base_time / oracle_time)
+                                  sum(self.work.costs.seconds(self.base[i].stats) for i in prompts))
+        return speedup(done, self.base[start: start + len(done)], self.work.costs) / (base_time / oracle_time)
 
     def score(self, done: list[Measurement], start: int = 0) -> float:
         """The speed objective: modelled or measured speedup, or efficiency against the oracle."""
         if self.options.objective == "efficiency":
             return self.efficiency(done, start)
-        return speedup(done, self.base[start: start + len(done)], self.costs)
+        return speedup(done, self.base[start: start + len(done)], self.work.costs)
 
     def method(self, params: dict[str, Any]) -> Method:
         from policies import make_policy
@@ -156,9 +157,8 @@ class Objective:
 
         results: Results = {self.options.policy: []}
         try:
-            results = measure(self.pair, self.examples, [self.method(params)], self.options.generation,
-                              self.options.repeats, on_prompt=lambda i, r: (results.update(r), report_prompt(i, r)),
-                              progress=False, costs=self.costs, chat=self.options.chat, system=self.options.system)
+            results = measure(self.work, [self.method(params)],
+                              on_prompt=lambda i, r: (results.update(r), report_prompt(i, r)))
         except optuna.TrialPruned:
             self.record(trial, params, results[self.options.policy], pruned=True)
             raise
@@ -166,7 +166,7 @@ class Objective:
 
     def record(self, trial: optuna.Trial, params: dict[str, Any], done: list[Measurement], pruned: bool):
         base = self.base[: len(done)]
-        q = quality(done, self.examples, base)
+        q = quality(done, self.work.examples, base)
         metric = self.options.metric
         value = q[metric]
         drop = None if pruned else self.base_quality[metric] - value
@@ -177,14 +177,14 @@ class Objective:
                   "scores it against the lossless oracle all the same, so its efficiency is speed over the oracle's "
                   "and can exceed 1 (the front's `lossy` column says which trials)", file=sys.stderr, flush=True)
             self.said_lossy = True
-        attrs = {"params": self.method(params).policy.params(), "speedup": speedup(done, base, self.costs),
+        attrs = {"params": self.method(params).policy.params(), "speedup": speedup(done, base, self.work.costs),
                  "efficiency": self.efficiency(done), "lossy": lossy,
                  "measured_speedup": speedup(done, base),
                  "tokens_per_s": tokens_per_second(done), "quality": q, "quality_drop": drop, "prompts_done": len(done),
                  "stats": {k: stats[k] for k in ("fallback_rate", "rollback_rate", "acceptance_rate",
                                                  "large_calls_per_token", "mean_accepted_tokens")}}
         samples = [{"id": e.id, "method": self.options.policy, "prompt": e.prompt, "text": m.text,
-                    "reference": e.reference} for e, m in zip(self.examples, done, strict=False)]
+                    "reference": e.reference} for e, m in zip(self.work.examples, done, strict=False)]
         for key, val in (attrs | {"samples": samples[:SAMPLES_PER_TRIAL]}).items():
             trial.set_user_attr(key, val)
         if self.options.max_quality_drop is not None:  # feasible when <= 0; the sampler learns it
@@ -243,11 +243,8 @@ def confirm(objective: Objective, rows: list[dict[str, Any]], count: int) -> dic
     methods = [Method(name="large")] + [
         objective.method({k: r[k] for k in keys if k in r}).model_copy(update={"name": f"trial-{r['trial']}"})
         for r in best]
-    rows_measured = summarize(methods, measure(objective.pair, objective.examples, methods,
-                                               objective.options.generation, objective.options.repeats,
-                                               progress=False, costs=objective.costs, chat=objective.options.chat,
-                                               system=objective.options.system), objective.examples)
-    return {"machine": machine_info(objective.pair),
+    rows_measured = summarize(methods, measure(objective.work, methods), objective.work.examples)
+    return {"machine": machine_info(objective.work.pair),
             "measured_speedup": {str(r["trial"]): rows_measured[f"trial-{r['trial']}"]["speedup_vs_large"]
                                  for r in best}}
 
@@ -327,7 +324,9 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                                                       "max_quality_drop", "space", "chat", "system"}),
              "policy_code": origin.get("code")}  # trials of edited code don't mix
     # a prompt that cannot run (or a chat mode the tokenizer cannot honour) is refused before a study is touched
-    talks = conversations(pair, examples, options.chat, options.system, options.generation.max_new_tokens)
+    work = Workload(pair, examples, options.generation, chat=options.chat, system=options.system,
+                    repeats=options.repeats, progress=False)
+    talks = work.talks
     storage = open_storage(options)
     study = open_study(options, storage, space, setup)
     costs = None
@@ -336,12 +335,11 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
                                          lambda: cost_model_for(options, pair, given).model_dump()))
     key = "baseline" if options.objective != "measured" else machine_key(pair)
     base = [Measurement(**m) for m in shared_value(study, storage, key, lambda: [
-        m.model_dump() for m in measure(pair, examples, [Method(name="large")], options.generation, options.repeats,
-                                        progress=False, chat=options.chat, system=options.system)["large"]])]
+        m.model_dump() for m in measure(work, [Method(name="large")])["large"]])]
     sources = sources_of(options, space)
     oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, talks, base, options, costs,
                                                                                 sources))
-    objective = Objective(options, pair, examples, space, study, costs, base, logger, {**setup, **(context or {})},
+    objective = Objective(options, work.priced(costs), space, study, base, logger, {**setup, **(context or {})},
                           oracle_seconds)
     run_trials(study, objective, options, space.size())
 
