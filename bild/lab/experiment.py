@@ -237,7 +237,6 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     """Check every input and output, then load the pair, then bench."""
     from bild.lab.bench import format_table, plot, run_bench
     from bild.lab.calibrate import cost_model_for, read_cost_model
-    from bild.lab.chat import conversations
     from bild.lab.methods import parse_methods
     from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
     from bild.lab.report import samples_path
@@ -267,8 +266,9 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     if sharded:
         options = across_ranks(options)
     examples, pair = prepare(options, tests=options.execute_code)
-    # the prompts' own checks (chat mode, every turn within the context) before a calibration takes minutes
-    conversations(pair, examples, options.chat, options.system, options.generation.max_new_tokens)
+    work = Workload(pair, examples, options.generation, chat=options.chat, system=options.system,
+                    repeats=options.repeats, progress=rank == 0)
+    work.talks  # noqa: B018  (the prompts' own checks: chat mode, every turn within the context; before calibrating)
     methods += front_methods(fronts, pair)
     found = identity(options, pair, examples)
     setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads,
@@ -276,14 +276,12 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     if sharded:
         agree({**setup, "methods": [m.name for m in methods]}, "the setup")
         costs = share(cost_model_for(options, pair, given) if rank == 0 else None)
-        report, results = bench_shard(pair, examples, methods, options, setup, inputs, costs)
+        report, results = bench_shard(work.priced(costs), methods, options, setup, inputs)
     else:  # one process, or the ranks of a tensor-parallel model decoding in lockstep (rank 0 writes)
         costs = cost_model_for(options, pair, given, share if size > 1 else lambda found: found)
-        report, results = run_bench(Workload(pair, examples, options.generation, costs=costs, chat=options.chat,
-                                             system=options.system, repeats=options.repeats, progress=rank == 0),
-                                    methods, out=options.json_out if rank == 0 else None, setup=setup, inputs=inputs,
-                                    overwrite=options.overwrite, context=context(options, pair),
-                                    execute_code=options.execute_code)
+        report, results = run_bench(work.priced(costs), methods, out=options.json_out if rank == 0 else None,
+                                    setup=setup, inputs=inputs, overwrite=options.overwrite,
+                                    context=context(options, pair), execute_code=options.execute_code)
     if rank != 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
         return report
     print(format_table(report))
@@ -306,13 +304,16 @@ def across_ranks(options: BenchOptions) -> BenchOptions:
     return options.model_copy(update={"device": options.device or rank_device()})
 
 
-def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: BenchOptions, setup: dict[str, Any],
-                inputs: list[Any], costs: Any) -> tuple[dict[str, Any], Any]:
-    """This rank's shard, benched and written as a report of its own; on rank 0, every shard merged."""
+def bench_shard(work: Any, methods: list[Any], options: BenchOptions, setup: dict[str, Any], inputs: list[Any]
+                ) -> tuple[dict[str, Any], Any]:
+    """This rank's shard of the workload, benched and written as a report of its own; on rank 0, every shard
+    merged."""
+    import dataclasses
+
     from bild.lab.bench import merge_shards, run_bench
     from bild.lab.report import samples_path
-    from bild.lab.workload import Workload
 
+    pair, examples = work.pair, work.examples
     rank, size = world()
     if size > len(examples):
         fail(f"{size} ranks for {len(examples)} prompts: launch at most {len(examples)} ranks, or bench more prompts")
@@ -320,10 +321,8 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
     out = shard_path(options.json_out, rank, size)
     error, report = None, None
     try:
-        report, _ = run_bench(Workload(pair, [examples[i] for i in mine], options.generation, costs=costs,
-                                       chat=options.chat, system=options.system, repeats=options.repeats,
-                                       progress=rank == 0),
-                              methods, out=str(out), setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
+        report, _ = run_bench(dataclasses.replace(work, examples=[examples[i] for i in mine]), methods, out=str(out),
+                              setup={**setup, "rank": rank, "world_size": size}, inputs=inputs,
                               overwrite=options.overwrite, context=context(options, pair),
                               execute_code=options.execute_code)
     except BildError as e:
@@ -339,7 +338,7 @@ def bench_shard(pair: Any, examples: list[Any], methods: list[Any], options: Ben
     # the shards' own setup (schema, chat, system, repeats, policy code: what run_bench records), for the whole set
     ranked = {k: v for k, v in shards[0][1]["setup"].items() if k != "rank"}
     merged_setup = {**ranked, "world_size": size, "n": len(examples), "prompt_ids": [e.id for e in examples]}
-    report, results = merge_shards(shards, methods, examples, costs, options.generation, merged_setup)
+    report, results = merge_shards(shards, methods, examples, work.costs, options.generation, merged_setup)
     report["context"] = context(options, pair)
     write_atomic(Path(options.json_out), json.dumps(report, indent=2) + "\n")
     return report, results

@@ -43,4 +43,8 @@ class Workload:
         return conversations(self.pair, self.examples, self.chat, self.system, self.config.max_new_tokens)
 
     def priced(self, costs: CostModel | None) -> Workload:
-        return dataclasses.replace(self, costs=costs)
+        """The same workload with the cost model policies read, its rendered prompts kept."""
+        priced = dataclasses.replace(self, costs=costs)
+        if "talks" in self.__dict__:
+            priced.__dict__["talks"] = self.talks
+        return priced
