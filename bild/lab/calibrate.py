@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from pydantic import ValidationError
@@ -64,6 +65,15 @@ MAX_SPREAD = 0.5  # a length whose repeats' interquartile range exceeds this sha
 # (and exceeds costs.NOISE_FLOOR seconds)
 STEEP = 3.0  # a 2-token pass costing more than this many 1-token passes is not a plausible curve
 TRIES = 3  # calibrations made before a noisy one is given up on
+
+
+class Doubts(NamedTuple):
+    """What makes one calibration doubtful: an unsteady machine, an implausible curve in words, and where that
+    curve is implausible (`implausible`: what a second try must find again for the curve to be the machine's)."""
+
+    unsteady: list[str]
+    shape: list[str]
+    marks: set[tuple[str, str, int]]
 
 
 class NoisyCalibration(BildError):
@@ -227,10 +237,9 @@ def calibrate(pair: ModelPair, config: GenerationConfig, repeats: int = 20, prog
     identity = costs_identity(pair, config)  # outside inference mode: a tensor-parallel weight cannot be read in it
     previous: set[tuple[str, str, int]] | None = None  # where the last try's curves were implausible, if steady
     for attempt in range(1, TRIES + 1):
-        costs, unsteady, shape = measure_costs(pair, config, identity, repeats, progress)
+        costs, (unsteady, shape, marks) = measure_costs(pair, config, identity, repeats, progress)
         if not unsteady and not shape:
             return costs
-        marks = implausible(costs.noise["medians"], {w: getattr(costs, w).spread for w in ("small", "large")})
         if not unsteady and previous is not None and marks <= previous:
             found = [s.split(" beyond its noise")[0] for s in shape]  # what was measured, not the advice for noise
             print(f"bild calibrate: try {attempt} measured the same curve as try {attempt - 1} ({'; '.join(found)}): "
@@ -253,9 +262,8 @@ def implausible(medians: dict[str, list[float]], spreads: dict[str, list[float]]
 
 @torch.inference_mode()
 def measure_costs(pair: ModelPair, config: GenerationConfig, identity: dict, repeats: int, progress: bool
-                  ) -> tuple[CostModel, list[str], list[str]]:
-    """One calibration, what made the machine unsteady while it ran and what is implausible in its curves
-    (`noise_problems`; nothing: two empty lists)."""
+                  ) -> tuple[CostModel, Doubts]:
+    """One calibration, and what makes it doubtful (`noise_problems`; nothing: empty)."""
     from policies import make_policy
 
     cap = config.draft_cap()
@@ -273,20 +281,21 @@ def measure_costs(pair: ModelPair, config: GenerationConfig, identity: dict, rep
     load = meter.read()
     medians = {w: [statistics.median(x) for x in samples[w]] for w in runners}
     spreads = {w: [round(spread(x), 4) for x in samples[w]] for w in runners}
-    unsteady, shape = noise_problems(medians, spreads, load)
+    doubts = noise_problems(medians, spreads, load)
     costs = {w: PassCosts(passes=list(itertools.accumulate(medians[w], max)), prefill=prefill[w], spread=spreads[w])
              for w in runners}  # stored monotone, as it is priced: an accepted noisy dip cannot refuse its own file
-    noise = {"spread": {w: max(spreads[w]) for w in runners}, "load": load, "problems": unsteady + shape,
+    noise = {"spread": {w: max(spreads[w]) for w in runners}, "load": load,
+             "problems": doubts.unsteady + doubts.shape,
              "accepted": False, "repeats": repeats, "medians": medians}  # medians: the curves as measured
     return CostModel(small=costs["small"], large=costs["large"], overhead_per_pass=overhead,
                      identity={**identity, "cap": cap}, noise=noise,
-                     created=datetime.now(timezone.utc).isoformat(timespec="seconds")), unsteady, shape
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds")), doubts
 
 
-def noise_problems(medians: dict[str, list[float]], spreads: dict[str, list[float]], load: dict
-                   ) -> tuple[list[str], list[str]]:
-    """What makes a calibration untrustworthy: (an unsteady machine: busy, or repeats that spread; an implausible
-    curve, which only a second try can tell from the machine's own)."""
+def noise_problems(medians: dict[str, list[float]], spreads: dict[str, list[float]], load: dict) -> Doubts:
+    """What makes a calibration untrustworthy: an unsteady machine (busy, or repeats that spread), and an
+    implausible curve (`implausible`, in words), which only a second try can tell from the machine's own."""
+    marks = implausible(medians, spreads)
     unsteady, shape = [], []
     if load["busy"]:
         unsteady.append(f"other processes took {100 * load['others_cpu']:.0f}% of the {load['cores']} cores")
@@ -296,10 +305,10 @@ def noise_problems(medians: dict[str, list[float]], spreads: dict[str, list[floa
             unsteady.append(f"the {which} model's passes of {worst + 1} tokens spread by "
                             f"{100 * spreads[which][worst]:.0f}% of their median")
         passes = medians[which]
-        if len(passes) > 1 and passes[1] > STEEP * passes[0]:
+        if (which, "steep", 1) in marks:
             shape.append(f"a {which} pass of 2 tokens costs {passes[1] / passes[0]:.1f}x one of 1 token")
-        try:
+        try:  # the cost model's own words for its first dip
             PassCosts(passes=passes, prefill=(0.0, 0.0), spread=spreads[which])
         except ValidationError as e:
             shape.append(f"the {which} model's {describe_errors(e, where=lambda loc: '', first=True)}")
-    return unsteady, shape
+    return Doubts(unsteady, shape, marks)
