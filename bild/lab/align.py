@@ -249,95 +249,144 @@ class Stopping(NamedTuple):
     eval_every: int | None = None
 
 
-def train(model: torch.nn.Module, records: list[dict[str, Any]], dev: list[dict[str, Any]], vocab: int,
-          recipe: AlignRecipe, stopping: Stopping, work: Path, resume: bool, progress: bool = True,
-          record: Callable[[Path], None] = lambda path: None) -> dict[str, Any]:
-    """Fine-tune until `stopping` says so; the best dev agreement's weights end in `model`, the original's when
-    no step beat it (the original is the first checkpoint). A checkpoint is saved every minute and on Ctrl-C;
-    `record` is told of every file written under `work`."""
-    device = next(model.parameters()).device
-    loss_name, lr, batch_size = recipe.loss, recipe.lr, recipe.batch
-    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.float().train().requires_grad_(True)  # trained in float32 whatever the pair's dtype
-    opt = adamw(model, lr, weight_decay=0.01, betas=(0.9, 0.98))
-    per_epoch = max(1, math.ceil(len(records) / batch_size))
-    eval_every = stopping.eval_every or max(1, per_epoch // 2)
-    max_steps = max(1, math.ceil(stopping.max_epochs * per_epoch))
-    before = agreement_runs(model, dev, vocab, device)[0]
-    state = {"step": 0, "elapsed": 0.0, "best": before, "best_step": 0, "curve": [[0, before]], "since_best": 0}
-    checkpoint = work / CHECKPOINT
-    if resume and checkpoint.exists():
-        saved = load_checkpoint(checkpoint)
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+class Split(NamedTuple):
+    """A calibration set as training reads it: the records trained on, the dev records scored, the vocabulary."""
 
-    def save_checkpoint() -> None:
-        record(checkpoint)
-        save_whole({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, checkpoint)
-    gen = torch.Generator().manual_seed(state["step"])
-    begun, last_save, smoothed, stopped = time.monotonic() - state["elapsed"], time.monotonic(), float("nan"), None
-    bar = tqdm(total=max_steps, initial=state["step"], desc=f"aligning ({loss_name})", unit="step",
-               disable=not progress)
+    train: list[dict[str, Any]]
+    dev: list[dict[str, Any]]
+    vocab: int
 
-    def evaluate_and_keep() -> bool:
+
+class Training:
+    """One fine-tuning run: the model, its optimiser and the progress a checkpoint keeps (step, elapsed time, best
+    dev agreement and its curve), so that `--resume` continues where Ctrl-C or a crash left off."""
+
+    def __init__(self, model: torch.nn.Module, split: Split, recipe: AlignRecipe, stopping: Stopping, work: Path,
+                 record: Callable[[Path], None]) -> None:
+        self.model, self.split, self.recipe, self.stopping, self.work, self.record = (
+            model, split, recipe, stopping, work, record)
+        self.device = next(model.parameters()).device
+        self.original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.float().train().requires_grad_(True)  # trained in float32 whatever the pair's dtype
+        self.opt = adamw(model, recipe.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        self.per_epoch = max(1, math.ceil(len(split.train) / recipe.batch))
+        self.eval_every = stopping.eval_every or max(1, self.per_epoch // 2)
+        self.max_steps = max(1, math.ceil(stopping.max_epochs * self.per_epoch))
+        before = self.agreement()
+        self.state = {"step": 0, "elapsed": 0.0, "best": before, "best_step": 0, "curve": [[0, before]],
+                      "since_best": 0}
+        self.smoothed = float("nan")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.work / CHECKPOINT
+
+    def agreement(self) -> float:
+        return agreement_runs(self.model, self.split.dev, self.split.vocab, self.device)[0]
+
+    def resume(self) -> None:
+        """Continue from the checkpoint, when there is one."""
+        if self.checkpoint.exists():
+            saved = load_checkpoint(self.checkpoint)
+            self.model.load_state_dict(saved["model"])
+            self.opt.load_state_dict(saved["optimizer"])
+            self.state = saved["state"]
+
+    def save(self) -> None:
+        self.record(self.checkpoint)
+        save_whole({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "state": self.state},
+                   self.checkpoint)
+
+    def evaluate(self) -> bool:
         """Score the dev split; keep a new best; whether patience has run out."""
-        agreement = agreement_runs(model, dev, vocab, device)[0]
+        state, agreement = self.state, self.agreement()
         state["curve"].append([state["step"], agreement])
         if agreement > state["best"]:
             state["best"], state["best_step"], state["since_best"] = agreement, state["step"], 0
-            model.save_pretrained(work / "best")
-            record(work / "best")
+            self.model.save_pretrained(self.work / "best")
+            self.record(self.work / "best")
         else:
             state["since_best"] += 1
-        bar.set_postfix(agreement=f"{agreement:.3f}", best=f"{state['best']:.3f}", loss=f"{smoothed:.3f}")
-        return state["since_best"] >= stopping.patience
+        return state["since_best"] >= self.stopping.patience
 
-    try:
-        while stopped is None:
-            elapsed = time.monotonic() - begun
-            if state["step"] >= max_steps:
-                stopped = "max_epochs"
-                break
-            if elapsed >= stopping.seconds and state["step"] > 0:
-                stopped = "minutes"
-                break
-            pick = torch.randint(len(records), (batch_size,), generator=gen).tolist()
-            batch = batch_of([records[i] for i in pick], device)
-            loss = divergence(student_logp(model, batch, vocab), batch["top_ids"], batch["top_logp"], loss_name)
-            rate = learning_rate(lr, state["step"], max(state["step"] / max_steps, elapsed / stopping.seconds))
-            smoothed = smooth(smoothed, update(model, opt, loss, rate))
-            state["step"] += 1
-            now = time.monotonic()
-            state["elapsed"] = now - begun
-            if state["step"] == 1:  # the first step's time is what the budget is worth (an overestimate: warm-up)
-                if state["elapsed"] > stopping.seconds:
-                    raise BildError(f"the budget of {stopping.seconds / 60:g} minutes is shorter than one training "
-                                    f"step ({state['elapsed']:.0f} s here): give a larger --minutes")
-                warn_epochs(stopping, state["elapsed"], per_epoch, len(records), batch_size)
-            bar.update(1)
-            if state["step"] % eval_every == 0 and evaluate_and_keep():
-                stopped = "patience"
-            if now - last_save > 60:
-                save_checkpoint()
-                last_save = now
-        if state["curve"][-1][0] != state["step"]:
-            evaluate_and_keep()
-    except KeyboardInterrupt:  # Ctrl-C keeps the steps made: --resume continues from here
-        if state["step"] > 0:
-            save_checkpoint()
-        raise
-    finally:
-        bar.close()
-        model.eval().requires_grad_(False)
-    best = work / "best"
-    if state["best_step"] > 0 and best.exists():
-        model.load_state_dict(type(model).from_pretrained(best).state_dict())
-    else:  # no step beat the original: hand it back unchanged
-        model.load_state_dict(original)
-        model.to(next(iter(original.values())).dtype)
-    return {"steps": state["step"], "seconds": state["elapsed"], "epochs": state["step"] / per_epoch,
-            "evaluations": len(state["curve"]) - 1, "eval_every": eval_every, "stopped": stopped,
+    def step(self, gen: torch.Generator, begun: float) -> None:
+        """One optimiser step on a random batch; the first step's time is what the budget is worth (an
+        overestimate: warm-up)."""
+        state, recipe, records = self.state, self.recipe, self.split.train
+        elapsed = time.monotonic() - begun
+        pick = torch.randint(len(records), (recipe.batch,), generator=gen).tolist()
+        batch = batch_of([records[i] for i in pick], self.device)
+        loss = divergence(student_logp(self.model, batch, self.split.vocab), batch["top_ids"], batch["top_logp"],
+                          recipe.loss)
+        rate = learning_rate(recipe.lr, state["step"], max(state["step"] / self.max_steps,
+                                                             elapsed / self.stopping.seconds))
+        self.smoothed = smooth(self.smoothed, update(self.model, self.opt, loss, rate))
+        state["step"] += 1
+        state["elapsed"] = time.monotonic() - begun
+        if state["step"] == 1:
+            if state["elapsed"] > self.stopping.seconds:
+                raise BildError(f"the budget of {self.stopping.seconds / 60:g} minutes is shorter than one training "
+                                f"step ({state['elapsed']:.0f} s here): give a larger --minutes")
+            warn_epochs(self.stopping, state["elapsed"], self.per_epoch, len(records), recipe.batch)
+
+    def run(self, progress: bool) -> str:
+        """Step until the epochs, the time or the patience run out; why it stopped. A checkpoint is saved every
+        minute and on Ctrl-C."""
+        state = self.state
+        gen = torch.Generator().manual_seed(state["step"])
+        begun, last_save = time.monotonic() - state["elapsed"], time.monotonic()
+        bar = tqdm(total=self.max_steps, initial=state["step"], desc=f"aligning ({self.recipe.loss})", unit="step",
+                   disable=not progress)
+        stopped = None
+        try:
+            while stopped is None:
+                if state["step"] >= self.max_steps:
+                    stopped = "max_epochs"
+                elif time.monotonic() - begun >= self.stopping.seconds and state["step"] > 0:
+                    stopped = "minutes"
+                else:
+                    self.step(gen, begun)
+                    bar.update(1)
+                    if state["step"] % self.eval_every == 0:
+                        stopped = "patience" if self.evaluate() else None
+                        bar.set_postfix(agreement=f"{state['curve'][-1][1]:.3f}", best=f"{state['best']:.3f}",
+                                        loss=f"{self.smoothed:.3f}")
+                    if time.monotonic() - last_save > 60:
+                        self.save()
+                        last_save = time.monotonic()
+            if state["curve"][-1][0] != state["step"]:
+                self.evaluate()
+        except KeyboardInterrupt:  # Ctrl-C keeps the steps made: --resume continues from here
+            if state["step"] > 0:
+                self.save()
+            raise
+        finally:
+            bar.close()
+            self.model.eval().requires_grad_(False)
+        return stopped
+
+    def keep_best(self) -> None:
+        """The best dev agreement's weights into the model; the original's when no step beat it."""
+        best = self.work / "best"
+        if self.state["best_step"] > 0 and best.exists():
+            self.model.load_state_dict(type(self.model).from_pretrained(best).state_dict())
+        else:
+            self.model.load_state_dict(self.original)
+            self.model.to(next(iter(self.original.values())).dtype)
+
+
+def train(model: torch.nn.Module, split: Split, recipe: AlignRecipe, stopping: Stopping, work: Path, resume: bool,
+          progress: bool = True, record: Callable[[Path], None] = lambda path: None) -> dict[str, Any]:
+    """Fine-tune until `stopping` says so; the best dev agreement's weights end in `model`, the original's when
+    no step beat it (the original is the first checkpoint). `record` is told of every file written under `work`."""
+    training = Training(model, split, recipe, stopping, work, record)
+    if resume:
+        training.resume()
+    stopped = training.run(progress)
+    training.keep_best()
+    state = training.state
+    return {"steps": state["step"], "seconds": state["elapsed"], "epochs": state["step"] / training.per_epoch,
+            "evaluations": len(state["curve"]) - 1, "eval_every": training.eval_every, "stopped": stopped,
             "patience": stopping.patience, "max_epochs": stopping.max_epochs,
             "dev_agreement_before": state["curve"][0][1], "dev_agreement_best": state["best"],
             "best_step": state["best_step"], "improved": state["best_step"] > 0, "dev_curve": state["curve"]}
@@ -471,7 +520,7 @@ def fine_tune(work: Workload, folder: OutputFolder, stopping: Stopping, recipe: 
         heldout = build_data(dataclasses.replace(work, examples=evaluation), out / "work" / "eval-data", "large",
                              recipe.teacher_top_k, folder.wrote, prompts)
         before = evaluate(pair, heldout, evaluation, length, prompts)
-    report = train(pair.small, train_records, dev, pair.vocab_size, recipe, stopping, out / "work", resume,
+    report = train(pair.small, Split(train_records, dev, pair.vocab_size), recipe, stopping, out / "work", resume,
                    work.progress, folder.wrote)
     present = {p.name for p in out.iterdir()}
     pair.small.save_pretrained(out)

@@ -123,6 +123,53 @@ def add_limit(report: dict[str, Any], methods: list[Method], results: Results, c
                                        per_prompt_efficiency=row["per_prompt_efficiency"])
 
 
+def bench_setup(work: Workload, methods: list[Method], setup: dict[str, Any] | None, execute_code: bool
+                ) -> dict[str, Any]:
+    """What a bench's report records as its setup: a resumed report must have the same."""
+    return {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(work.examples),
+            "repeats": work.repeats, "generation": work.config.model_dump(),
+            "prompt_ids": [e.id for e in work.examples], "chat": work.chat, "system": work.system,
+            "execute_code": execute_code,
+            "policy_code": {m.name: m.origin.get("code") for m in methods if m.origin}}  # an edited policy reruns
+
+
+def run_tests(example: Example, methods: list[Method], results: Results, i: int) -> None:
+    """Each method's output on prompt `i` against the example's tests (pass@1)."""
+    outcomes = check_answers([(example, results[m.name][i].text) for m in methods])
+    for m, outcome in zip(methods, outcomes, strict=True):
+        results[m.name][i].tests = outcome.status
+        if outcome.status in ("timeout", "killed"):
+            log.info("bild bench: %s on %s: the tests were %s (%s)", m.name, example.id,
+                     "stopped" if outcome.status == "timeout" else "killed", outcome.detail)
+
+
+class PromptDone:
+    """What happens as each prompt's measurements end: the oracle's teacher along the anchor's output, the tests,
+    the samples and the report written, so a killed bench loses at most the prompt in flight."""
+
+    def __init__(self, work: Workload, methods: list[Method], writer: ReportWriter, report: dict[str, Any],
+                 execute_code: bool) -> None:
+        self.work, self.methods, self.writer, self.report, self.execute_code = (
+            work, methods, writer, report, execute_code)
+
+    def __call__(self, i: int, results: Results) -> None:
+        work, example = self.work, self.work.examples[i]
+        anchor = oracle_anchor(self.methods, results, work.costs, work.config)
+        if anchor is not None:
+            x = results[anchor][i]
+            x.teacher = teach(work.pair, x.prompts, x.tokens, x.turns)
+        if self.execute_code:
+            run_tests(example, self.methods, results, i)
+        for m in self.methods:
+            x = results[m.name][i]
+            self.writer.sample({"index": i, "id": example.id, "method": m.name, "prompt": example.prompt,
+                                "reference": example.reference, "seconds": x.seconds, "text": x.text,
+                                "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None,
+                                "rounds": x.rounds, "turns": x.turns, "teacher": x.teacher, "tests": x.tests})
+        fill(self.report, self.methods, results, work.examples, work.costs, work.config, i + 1)
+        self.writer.summary(self.report)
+
+
 def run_bench(work: Workload, methods: list[Method], out: str | None = None, setup: dict[str, Any] | None = None,
               inputs: list[str | None] = (), overwrite: bool = False, context: dict[str, Any] | None = None,
               execute_code: bool = False) -> tuple[dict[str, Any], Results]:
@@ -132,36 +179,10 @@ def run_bench(work: Workload, methods: list[Method], out: str | None = None, set
     anchor, and policies read it as `step.costs`. `execute_code`: run each output against its
     example's tests (bild/lab/sandbox.py), for pass@1.
     """
-    pair, examples, config, costs = work.pair, work.examples, work.config, work.costs
-    setup = {**(setup or {}), "schema": SCHEMA, "methods": [m.name for m in methods], "n": len(examples),
-             "repeats": work.repeats, "generation": config.model_dump(), "prompt_ids": [e.id for e in examples],
-             "chat": work.chat, "system": work.system, "execute_code": execute_code,
-             "policy_code": {m.name: m.origin.get("code") for m in methods if m.origin}}  # an edited policy reruns
+    examples, config, costs = work.examples, work.config, work.costs
+    setup = bench_setup(work, methods, setup, execute_code)
     writer = ReportWriter(out, setup, inputs, overwrite)
-    report = new_report(machine_info(pair), setup, context, costs, pair.placement())
-
-    def finish_prompt(i: int, results: Results) -> None:
-        example = examples[i]
-        anchor = oracle_anchor(methods, results, costs, config)
-        if anchor is not None:
-            x = results[anchor][i]
-            x.teacher = teach(pair, x.prompts, x.tokens, x.turns)
-        if execute_code:
-            outcomes = check_answers([(example, results[m.name][i].text) for m in methods])
-            for m, outcome in zip(methods, outcomes, strict=True):
-                results[m.name][i].tests = outcome.status
-                if outcome.status in ("timeout", "killed"):
-                    log.info("bild bench: %s on %s: the tests were %s (%s)", m.name, example.id,
-                             "stopped" if outcome.status == "timeout" else "killed", outcome.detail)
-        for m in methods:
-            x = results[m.name][i]
-            writer.sample({"index": i, "id": example.id, "method": m.name, "prompt": example.prompt,
-                           "reference": example.reference, "seconds": x.seconds, "text": x.text,
-                           "token_ids": x.tokens, "stats": x.stats.model_dump() if x.stats else None,
-                           "rounds": x.rounds, "turns": x.turns, "teacher": x.teacher, "tests": x.tests})
-        fill(report, methods, results, examples, costs, config, i + 1)
-        writer.summary(report)
-
+    report = new_report(machine_info(work.pair), setup, context, costs, work.pair.placement())
     done = restore(writer.done)
     if done:
         fill(report, methods, done, examples, costs, config, len(writer.done) // len(methods))
@@ -169,7 +190,8 @@ def run_bench(work: Workload, methods: list[Method], out: str | None = None, set
                  len(examples))
     writer.summary(report)  # from the start: a run killed during its warm-up still leaves its report
     try:
-        results = measure(work, methods, done=done, on_prompt=finish_prompt)
+        results = measure(work, methods, done=done,
+                          on_prompt=PromptDone(work, methods, writer, report, execute_code))
         fill(report, methods, results, examples, costs, config, len(examples))
         report["complete"] = True
         writer.summary(report)
@@ -286,9 +308,11 @@ def oracle_lines(report: dict[str, Any]) -> list[str]:
              f"modelled; best fixed draft length {fixed['gamma']}: {fixed['modelled_speedup']:.2f}x; closed form "
              f"(acceptance {cf['alpha']:.2f}, draft cost {cf['ratio']:.2f}): gamma {cf['best_gamma']} "
              f"{cf['speedup']:.2f}x, bound {fmt(cf['bound'], '.2f')}x"]
-    if o.get("ideal"):
-        lines.append(f"confidence ideal (knows each draft's calibrated acceptance probability, not its outcome): "
-                     f"{o['ideal']['modelled_speedup']:.2f}x, {o['ideal']['efficiency']:.2f} of the oracle")
+    ladder = {k: v for k, v in (o.get("ideal_ladder") or {"confidence": o.get("ideal")}).items() if v}
+    if ladder:
+        lines.append("ideal (knows each draft's calibrated acceptance probability by signal, not its outcome): "
+                     + ", ".join(f"{k} {v['modelled_speedup']:.2f}x, {v['efficiency']:.2f} of the oracle"
+                                 for k, v in ladder.items()))
     by_sources = {k: v for k, v in (o.get("sources") or {}).items() if v is not None}
     if by_sources:
         lines.append("oracle by draft sources: " + ", ".join(f"{k} {v:.2f}x" for k, v in by_sources.items())

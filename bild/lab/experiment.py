@@ -233,25 +233,24 @@ def front_methods(fronts: list[dict[str, Any]], pair: Any) -> list[Any]:
     return methods
 
 
-def execute_bench(options: BenchOptions) -> dict[str, Any]:
-    """Check every input and output, then load the pair, then bench."""
-    from bild.lab.bench import format_table, plot, run_bench
-    from bild.lab.calibrate import cost_model_for, read_cost_model
+def bench_methods(options: BenchOptions) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The methods named by --methods (only `large` by default beside a front) and the fronts to add trials of."""
     from bild.lab.methods import parse_methods
-    from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
-    from bild.lab.report import samples_path
     from bild.lab.tune import read_front
-    from bild.lab.workload import Workload
 
     from_front = bool(options.from_front) or options.study is not None
     listed = options.methods if "methods" in options.model_fields_set or not from_front else "large"
-    methods = parse_methods(listed, options.params)
     fronts = [read_front(path) for path in options.from_front]
     if options.study is not None:
         fronts.append(read_front(study_name=options.study, storage=options.storage))
-    given = read_cost_model(options)
-    inputs = [options.prompts, options.cost_model, *options.from_front, options.small, options.large,
-              options._source]
+    return parse_methods(listed, options.params), fronts
+
+
+def check_bench_outputs(options: BenchOptions, inputs: list[Any]) -> None:
+    """The report, its samples and the plot may be written (none of them is an input), before a model loads."""
+    from bild.lab.outputs import PLOT, REPORT, SAMPLES, check_output
+    from bild.lab.report import samples_path
+
     if options.json_out:
         check_output(options.json_out, inputs, REPORT)
         check_output(samples_path(Path(options.json_out)), inputs, SAMPLES)
@@ -259,6 +258,34 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         if Path(options.plot).suffix.lower() not in PLOT_SUFFIXES:
             raise BildError(f"--plot {options.plot!r}: give a path ending in {', '.join(PLOT_SUFFIXES)}")
         check_output(options.plot, [*inputs, options.json_out], PLOT)
+
+
+def publish_bench(options: BenchOptions, pair: Any, report: dict[str, Any], examples: list[Any], results: Any
+                  ) -> None:
+    """The table on stdout, the plot, and the bench's W&B run."""
+    from bild.lab.bench import format_table, plot
+
+    print(format_table(report))
+    name = run_name("bench", pair, options)
+    if options.plot:
+        plot(report, options.plot, name)
+    origins = {m: r["origin"] for m, r in report["methods"].items() if r["origin"]}
+    logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"], "policies": origins,
+                                                         "options": options.model_dump()}, report=report,
+                                           examples=examples, results=results)
+
+
+def execute_bench(options: BenchOptions) -> dict[str, Any]:
+    """Check every input and output, then load the pair, then bench."""
+    from bild.lab.bench import run_bench
+    from bild.lab.calibrate import cost_model_for, read_cost_model
+    from bild.lab.workload import Workload
+
+    methods, fronts = bench_methods(options)
+    given = read_cost_model(options)
+    inputs = [options.prompts, options.cost_model, *options.from_front, options.small, options.large,
+              options._source]
+    check_bench_outputs(options, inputs)
     rank, size = world()
     sharded = size > 1 and options.large_tp is None  # ranks for the prompts (for a model: tensor parallel)
     if size > 1:
@@ -268,11 +295,10 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
     examples, pair = prepare(options, tests=options.execute_code)
     work = Workload(pair, examples, options.generation, chat=options.chat, system=options.system,
                     repeats=options.repeats, progress=rank == 0)
-    work.talks  # noqa: B018  (the prompts' own checks: chat mode, every turn within the context; before calibrating)
+    work.check()  # the prompts' own checks (chat mode, every turn within the context), before calibrating
     methods += front_methods(fronts, pair)
-    found = identity(options, pair, examples)
-    setup = {**found, "device": str(pair.device).split(":")[0], "threads": options.threads,
-             "fit_tolerance": options.fit_tolerance}
+    setup = {**identity(options, pair, examples), "device": str(pair.device).split(":")[0],
+             "threads": options.threads, "fit_tolerance": options.fit_tolerance}
     if sharded:
         agree({**setup, "methods": [m.name for m in methods]}, "the setup")
         costs = share(cost_model_for(options, pair, given) if rank == 0 else None)
@@ -282,16 +308,8 @@ def execute_bench(options: BenchOptions) -> dict[str, Any]:
         report, results = run_bench(work.priced(costs), methods, out=options.json_out if rank == 0 else None,
                                     setup=setup, inputs=inputs, overwrite=options.overwrite,
                                     context=context(options, pair), execute_code=options.execute_code)
-    if rank != 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
-        return report
-    print(format_table(report))
-    name = run_name("bench", pair, options)
-    if options.plot:
-        plot(report, options.plot, name)
-    origins = {m: r["origin"] for m, r in report["methods"].items() if r["origin"]}
-    logger_for(options, "bench").log_bench(name, config={**report["setup"], **report["context"], "policies": origins,
-                                                         "options": options.model_dump()}, report=report,
-                                           examples=examples, results=results)
+    if rank == 0:  # rank 0 alone reports (its shard's rank wrote its own; a tensor-parallel rank only decoded)
+        publish_bench(options, pair, report, examples, results)
     return report
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -307,11 +308,25 @@ def machine_key(pair: ModelPair) -> str:
     return f"baseline@{socket.gethostname()}/{info.get('gpu', info['processor'])}/{info['dtype']}"
 
 
-def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
-             setup: dict[str, Any], context: dict[str, Any] | None = None, costs: CostModel | None = None
-             ) -> dict[str, Any]:
-    """Join (or create) the study, run trials until it holds `options.trials`, report its front. `costs`: the
-    `--cost-model` file, already read (else it is read here; without one, the setup's cached or calibrated one)."""
+@dataclass
+class Tuning:
+    """One worker's side of a study: where its front goes, the study and its storage, what is searched and what
+    the setup records."""
+
+    options: TuneOptions
+    stem: Path  # the front's path without its suffix
+    storage: Any
+    study: optuna.Study
+    space: SearchSpace
+    sources: tuple[str, ...]  # the tuned policy's draft sources: its oracle is the one over them
+    origin: dict[str, Any]  # the policy's code, as identity.policy_origin records it
+    setup: dict[str, Any]
+
+
+def open_tuning(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
+                setup: dict[str, Any], context: dict[str, Any] | None, costs: CostModel | None
+                ) -> tuple[Tuning, Objective]:
+    """Join (or create) the study and read (or make) what its workers share: cost model, baseline, oracle."""
     from bild.lab.calibrate import cost_model_for, read_cost_model
     from policies import policy_class
 
@@ -339,47 +354,71 @@ def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], log
     sources = sources_of(options, space)
     oracle_seconds = shared_value(study, storage, "oracle", lambda: oracle_of(pair, talks, base, options, costs,
                                                                                 sources))
-    objective = Objective(options, work.priced(costs), space, study, base, logger, {**setup, **(context or {})},
-                          oracle_seconds)
-    run_trials(study, objective, options, space.size())
+    tuning = Tuning(options, stem, storage, study, space, sources, origin, setup)
+    return tuning, Objective(options, work.priced(costs), space, study, base, logger, {**setup, **(context or {})},
+                             oracle_seconds)
 
-    base_quality = objective.base_quality.get(options.metric)
-    kept, dominated = final_front(study, options, space)
-    confirmed, here = (confirmation(study, storage, options, lambda: confirm(objective, kept, options.confirm))
+
+def front_report(tuning: Tuning, objective: Objective, pair: ModelPair) -> tuple[dict[str, Any], bool]:
+    """The study's front (confirmed on the clock when asked), its baseline and oracle, and what was set; whether
+    this worker confirmed it (the one that writes it)."""
+    options, study, costs, base = tuning.options, tuning.study, objective.work.costs, objective.base
+    kept, dominated = final_front(study, options, tuning.space)
+    confirmed, here = (confirmation(study, tuning.storage, options, lambda: confirm(objective, kept, options.confirm))
                        if kept and options.confirm else ({}, True))
     for r in kept:
         r["measured_speedup"] = confirmed.get("measured_speedup", {}).get(str(r["trial"]))
-    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     notes = []
     if not kept:
         notes.append("no trial beats the large model alone: widen the space or check the pair's agreement")
     if dominated:
         notes.append(f"{len(dominated)} trial(s) of the Pareto front lose to the large model alone (trials "
                      f"{', '.join(str(r['trial']) for r in dominated)}): left out of the front, kept under 'dominated'")
+    oracle_seconds = objective.oracle_seconds
     oracle_speedup = None if oracle_seconds is None else sum(costs.seconds(m.stats) for m in base) / sum(
         oracle_seconds)
-    report = {"study": study.study_name, "storage": options.storage, "policy": options.policy,
-              "oracle_modelled_speedup": oracle_speedup, "oracle_sources": list(sources),
-              "policy_origin": origin,
-              "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
-              "finished_trials": finished, "baseline": {"tokens_per_s": tokens_per_second(base),
-                                                         "quality": objective.base_quality},
-              "front": kept, "dominated": dominated, "confirmed_by": confirmed.get("by"), "notes": notes,
-              "machine": confirmed.get("machine") or machine_info(pair), "options": options.model_dump(),
-              "setup": setup, "cost_model": costs.model_dump() if costs else None}
-    path = stem.with_suffix(".json")
-    if here or not path.exists():  # one worker writes it (others only where it is missing): the same front
+    return {"study": study.study_name, "storage": options.storage, "policy": options.policy,
+            "oracle_modelled_speedup": oracle_speedup, "oracle_sources": list(tuning.sources),
+            "policy_origin": tuning.origin,
+            "objectives": options.objectives, "objective": options.objective, "metric": options.metric,
+            "finished_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
+            "baseline": {"tokens_per_s": tokens_per_second(base), "quality": objective.base_quality},
+            "front": kept, "dominated": dominated, "confirmed_by": confirmed.get("by"), "notes": notes,
+            "machine": confirmed.get("machine") or machine_info(pair), "options": options.model_dump(),
+            "setup": tuning.setup, "cost_model": costs.model_dump() if costs else None}, here
+
+
+def publish_front(tuning: Tuning, objective: Objective, report: dict[str, Any], here: bool, logger: WandbLogger
+                  ) -> None:
+    """Write the front and its plot (one worker writes them; the others only where they are missing: the same
+    front) and log the study's summary run."""
+    kept, dominated = report["front"], report["dominated"]
+    path = tuning.stem.with_suffix(".json")
+    if here or not path.exists():
         write_atomic(path, json.dumps(report, indent=2) + "\n")
         if kept or dominated:
-            plot_front(study, kept, dominated, options.metric, stem.with_suffix(".png"), base_quality, oracle_speedup)
+            plot_front(tuning.study, kept, dominated, tuning.options.metric, tuning.stem.with_suffix(".png"),
+                       objective.base_quality.get(tuning.options.metric), report["oracle_modelled_speedup"])
     tables = {"pareto_front": columns(kept)} if kept else {}  # rows name only the parameters their trial searched
-    if options.wandb_per == "study":
-        trials = front_rows(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), options.metric, space)
+    if tuning.options.wandb_per == "study":
+        trials = front_rows(tuning.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                            tuning.options.metric, tuning.space)
         if trials:
             tables["trials"] = columns(trials)
-    logger.log_run(f"summary:{study.study_name}", job_type="tune-summary", config=objective.setup,
-                   summary={"finished_trials": finished, "baseline": report["baseline"], "notes": notes},
-                   tables=tables)
+    logger.log_run(f"summary:{tuning.study.study_name}", job_type="tune-summary", config=objective.setup,
+                   summary={"finished_trials": report["finished_trials"], "baseline": report["baseline"],
+                            "notes": report["notes"]}, tables=tables)
+
+
+def run_tune(options: TuneOptions, pair: ModelPair, examples: list[Example], logger: WandbLogger,
+             setup: dict[str, Any], context: dict[str, Any] | None = None, costs: CostModel | None = None
+             ) -> dict[str, Any]:
+    """Join (or create) the study, run trials until it holds `options.trials`, report its front. `costs`: the
+    `--cost-model` file, already read (else it is read here; without one, the setup's cached or calibrated one)."""
+    tuning, objective = open_tuning(options, pair, examples, logger, setup, context, costs)
+    run_trials(tuning.study, objective, options, tuning.space.size())
+    report, here = front_report(tuning, objective, pair)
+    publish_front(tuning, objective, report, here, logger)
     return report
 
 

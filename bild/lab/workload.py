@@ -42,6 +42,10 @@ class Workload:
         """Each example as the conversation its prompts come from (checked once: chat mode, context length)."""
         return conversations(self.pair, self.examples, self.chat, self.system, self.config.max_new_tokens)
 
+    def check(self) -> None:
+        """Refuse, in one line, a prompt that cannot run: before anything is calibrated or measured."""
+        self.talks  # noqa: B018  (rendering the conversations is the check)
+
     def priced(self, costs: CostModel | None) -> Workload:
         """The same workload with the cost model policies read, its rendered prompts kept."""
         priced = dataclasses.replace(self, costs=costs)
