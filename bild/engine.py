@@ -131,11 +131,14 @@ def draft(g: Generation) -> tuple[list[DraftStep | LookupStep], DraftEnd]:
             return steps, "cap"
         if g.new_tokens >= g.config.max_new_tokens:
             return steps, "length"
-        if g.source is not None and looked_up(g, steps):
-            return steps, "eos" if steps[-1].token in g.stopper.eos_ids else "lookup"
+        proposed = None
+        if g.source is not None:
+            took, proposed = looked_up(g, steps)
+            if took:
+                return steps, "eos" if steps[-1].token in g.stopper.eos_ids else "lookup"
         if small is None:  # a policy of source drafts only: no proposal taken, so the large model decodes
             return steps, "stop"
-        step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.context)
+        step = DraftStep(small.catch_up(g.seq, 1), len(steps), g.new_tokens, g.context, proposed)
         fell_back = checked_decision(policy, "fallback", policy.fallback, step)
         hook(policy, "after_draft", policy.after_draft, g.state, step, fell_back)
         for observer in g.observers:
@@ -150,12 +153,13 @@ def draft(g: Generation) -> tuple[list[DraftStep | LookupStep], DraftEnd]:
             return steps, "stop"
 
 
-def looked_up(g: Generation, steps: list[DraftStep | LookupStep]) -> bool:
-    """Show the source's proposal to the policy; draft the tokens it takes (up to an EOS). Whether it took any."""
+def looked_up(g: Generation, steps: list[DraftStep | LookupStep]) -> tuple[bool, int | None]:
+    """Show the source's proposal to the policy; draft the tokens it takes (up to an EOS). Whether it took any,
+    and the proposal's next token when it took none (the small model's step shows it: agreement is a signal)."""
     room = min(g.cap - len(steps), g.config.max_new_tokens - g.new_tokens)
     proposal = g.source.propose(g.seq, room)
     if proposal is None or not proposal.tokens:
-        return False
+        return False, None
     checked_proposal(g.source, proposal, room, g.pair.vocab_size)
     view = ProposalView(proposal, len(steps), g.new_tokens, room, g.context)
     take = checked_take(g.policy, hook(g.policy, "lookup", g.policy.lookup, view), len(proposal.tokens))
@@ -164,7 +168,7 @@ def looked_up(g: Generation, steps: list[DraftStep | LookupStep]) -> bool:
         g.seq.append(token)
         if token in g.stopper.eos_ids:
             break
-    return take > 0
+    return take > 0, None if take else proposal.tokens[0]
 
 
 def verify(g: Generation, steps: list[DraftStep | LookupStep], ended: DraftEnd) -> bool:

@@ -114,11 +114,19 @@ class View:
 class DraftStep(View):
     """What the small model predicts for the next token."""
 
-    def __init__(self, out: Pass, pending: int, position: int, context: Context) -> None:
+    def __init__(self, out: Pass, pending: int, position: int, context: Context, proposed: int | None = None
+                 ) -> None:
         super().__init__(context)
         self.out = out  # the pass; its last row predicts the next token
         self.pending = pending  # draft tokens since the large model last ran
         self.position = position  # new tokens so far, pending drafts included
+        self.proposed = proposed  # a draft source's guess for this token, shown to the policy and not taken
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the draft source's guess is the small model's most likely token (None: no guess). Drafts where
+        both agree are kept far more often than their confidence says (docs/results.md §11b)."""
+        return None if self.proposed is None else self.proposed == self.argmax
 
     @property
     def logits(self) -> torch.Tensor:  # [V]

@@ -19,3 +19,14 @@ RUN=(--max-new-tokens 64 --wandb-mode disabled)
 "$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-sources-costs.json \
   --methods large,hf-assisted,hf-pld,exact@lookup_min=0,exact,pld,adaptive@lookup_min=0,adaptive \
   --json out/pycode_sources.json
+# agreement (the lookup's guess is the small model's top-1) as a signal: swept on the tuning prompts, then every
+# method on the reported ones with the oracle's ladder, any lookup's bound and the gap by cause (§11)
+[ -f out/pycode_agreement_sweep.json ] || "$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
+  --methods large,exact,exact@trust_agreement=true,exact@trust_agreement=true@verify_below=0.6,adaptive@agreement=false,adaptive@agreement=true \
+  --json out/pycode_agreement_sweep.json
+[ -f out/pycode_agreement_sweep2.json ] || "$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_tune.jsonl --n 24 --cost-model out/pycode-sources-costs.json \
+  --methods large,exact@verify_below=0.5,exact@verify_below=0.6,exact@trust_agreement=true@verify_below=0.5,exact@trust_agreement=true@verify_below=0.6,exact@trust_agreement=true@verify_below=0.7,exact@trust_agreement=true@verify_below=0.8 \
+  --json out/pycode_agreement_sweep2.json
+"$BILD" bench "${PAIR[@]}" "${RUN[@]}" --prompts experiments/data/pycode_eval.jsonl --n 48 --cost-model out/pycode-sources-costs.json \
+  --methods large,hf-assisted,hf-pld,exact@lookup_min=0,exact,exact@trust_agreement=true@verify_below=0.6,pld,adaptive,adaptive@agreement=true \
+  --json out/pycode_agreement_eval.json

@@ -46,11 +46,14 @@ class ExactPolicy(LookupFirst):
             data = {("verify_below" if k == "fallback_threshold" else k): v for k, v in data.items()}
         return data
 
+    trust_agreement: bool = Field(False, description=(
+        "draft on past a low-confidence draft when context lookup's guess for it is the same token (speed only)"))
+
     def fallback(self, step: DraftStep) -> bool:
         return False
 
     def stop_drafting(self, step: DraftStep) -> bool:
-        return low_confidence(step, self.verify_below)
+        return low_confidence(step, self.verify_below) and not (self.trust_agreement and step.agrees)
 
     def rollback(self, verification: Verification) -> int:
         return verification.first_mismatch

@@ -30,7 +30,7 @@ def test_generate_json_matches_the_library(dirs, load_pair):
                "--param", "verify_below=0.3", "--max-new-tokens", "12", "--json")
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
-    assert out["params"] == {"verify_below": 0.3, "lookup_min": 2}
+    assert out["params"] == {"verify_below": 0.3, "lookup_min": 2, "trust_agreement": False}
     expected = generate_single(load_pair("llama"), "def add(", "large", GenerationConfig(max_new_tokens=12))
     assert out["token_ids"] == expected.token_ids and out["text"] == expected.text
     assert {"draft_tokens", "accepted_draft_tokens", "small", "large", "fallbacks", "rollbacks",

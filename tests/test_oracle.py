@@ -55,7 +55,7 @@ def lossless_policies(rng: random.Random) -> list[Policy]:
 def limit_of(pair, prompt: str, config: GenerationConfig = CFG):
     ids = pair.tokenizer(prompt)["input_ids"]
     large = generate_single(pair, prompt, "large", config)
-    matches, _ = teacher_forced(pair, ids, large.token_ids)
+    matches = teacher_forced(pair, ids, large.token_ids).matches
     return ids, large, accepted_runs(matches)
 
 
@@ -149,12 +149,19 @@ def test_every_greedy_bench_reports_its_limit(load_pair, tmp_path):
     assert rows["exact"]["sources"] == ["small", "lookup"] and o["sources"]["small+lookup"] >= o["modelled_speedup"]
     assert o["modelled_speedup"] >= o["best_fixed"]["modelled_speedup"]
     assert 0 < o["ideal"]["efficiency"] <= 1 + 1e-9
+    assert o["ideal_ladder"]["confidence"] == o["ideal"] and o["ideal_ladder"]["confidence+agreement"]
+    assert o["sources"]["bigram"] >= o["sources"]["lookup"] and o["sources"]["small+bigram"] >= o["sources"][
+        "small+lookup"]
     assert o["ideal"]["modelled_speedup"] == pytest.approx(o["ideal"]["efficiency"] * o["modelled_speedup"])
     for name in ("exact@lookup_min=0", "exact@verify_below=0@lookup_min=0", "adaptive@lookup_min=0"):  # adds up
         r = rows[name]
         assert 0 < r["efficiency"] <= 1 + 1e-9
         assert r["efficiency"] == pytest.approx(r["modelled_speedup_vs_large"] / o["modelled_speedup"])
         assert sum(r["gap"].values()) == pytest.approx(1.0) or r["gap_seconds"]["gap"] == pytest.approx(0)
+    mixed = rows["exact"]  # small + lookup: its gap to the oracle of its sources, by cause, adds up too
+    assert set(mixed["gap"]) == {"overruled", "rejected", "unused", "schedule"}
+    assert sum(mixed["gap_seconds"][k] for k in mixed["gap"]) == pytest.approx(mixed["gap_seconds"]["gap"])
+    assert mixed["gap_seconds"]["schedule"] >= -1e-9  # what is left is a schedule the oracle could have made
     assert "efficiency" not in rows[lossy] and rows["large-hf"].get("efficiency") is None
     resumed, _ = run_bench(Workload(pair, examples, CFG, costs=COSTS, progress=False), methods,
                            out=str(tmp_path / "r.json"))

@@ -20,7 +20,7 @@ def test_builtins_are_registered_with_bounded_parameters():
         cls = policy_class(name)
         for key, field in cls.model_fields.items():
             kinds = {type(m).__name__ for m in field.metadata}
-            choices = typing.get_origin(field.annotation) is typing.Literal
+            choices = typing.get_origin(field.annotation) is typing.Literal or field.annotation is bool
             assert {"Ge", "Le"} <= kinds or choices or key == "path", f"{name}.{key} is unbounded"
 
 

@@ -10,12 +10,13 @@ from collections import Counter
 
 import pytest
 import torch
+from pydantic import Field
 from scipy.stats import chisquare
 from test_sampling import RUNS, TEMPERATURE, binned, large_distributions
 
 from bild import BildError, GenerationConfig, generate, generate_single, make_policy
 from bild.costs import CostModel, PassCosts
-from bild.lab.oracle import accepted_runs, lookup_runs, oracle, price, teacher_forced
+from bild.lab.oracle import accepted_runs, bigram_runs, lookup_along, oracle, price, teacher_forced
 from bild.schedule import Round, passes
 from bild.sources import ContextLookup, DraftSource, Proposal
 from policies.exact import ExactPolicy
@@ -72,7 +73,8 @@ def test_exact_with_any_source_is_the_large_models_greedy_output(load_pair, fami
             assert small.passes == result.stats.small.passes and large_passes.passes == result.stats.large.passes
             assert small.prefill == result.stats.small.prefill and large_passes.calls == result.stats.large.calls
         for policy in (make_policy("exact", lookup_min=1), make_policy("exact", lookup_min=2), make_policy("pld"),
-                       make_policy("adaptive", lookup_min=1)):
+                       make_policy("adaptive", lookup_min=1), make_policy("exact", trust_agreement=True),
+                       make_policy("adaptive", agreement=False)):
             result = generate(pair, prompt, policy, CFG)
             assert result.token_ids == large and (policy.name != "pld" or result.stats.small.calls == 0)
 
@@ -102,6 +104,48 @@ def test_the_lookup_index_rewinds_with_the_sequence():
         assert grown.propose(seq, 4) == ContextLookup().propose(seq, 4)
 
 
+def test_no_context_lookup_proposes_a_token_whose_bigram_never_occurred_before():
+    rng = random.Random(1)
+    for _ in range(200):
+        seq = [rng.randrange(6) for _ in range(rng.randint(1, 30))]
+        tokens = [rng.randrange(6) for _ in range(rng.randint(1, 30))]
+        bound = bigram_runs(seq, tokens)
+        for n in (1, 2, 3):
+            assert all(r <= b for r, b in zip(lookup_along(seq, tokens, n)[0], bound, strict=True))
+
+
+class Shown(ExactPolicy):
+    """`exact` shown a source's guess of a constant token it never drafts; records what each step shows."""
+
+    guess: int = 0
+    seen: list = Field(default_factory=list)
+
+    def draft_source(self):
+        return Scripted(lambda seq, most: [self.guess] * most)
+
+    def lookup(self, proposal):
+        return 0
+
+    def fallback(self, step):
+        self.seen.append((step.proposed, step.argmax, step.agrees))
+        return False
+
+
+def test_a_proposal_not_taken_shows_on_the_small_models_step_and_changes_nothing_else(load_pair):
+    pair = load_pair("llama", 1)
+    for prompt in PROMPTS[:3]:
+        plain = generate(pair, prompt, make_policy("exact", lookup_min=0), CFG)
+        guess = plain.token_ids[1]
+        shown = Shown(lookup_min=0, guess=guess)
+        result = generate(pair, prompt, shown, CFG)
+        assert result.token_ids == plain.token_ids and result.rounds == plain.rounds
+        assert shown.seen and all(p == guess and a == (m == guess) for p, m, a in shown.seen)
+    state = make_policy("adaptive").new_state()
+    generate(pair, PROMPTS[0] * 3, make_policy("adaptive", lookup_min=3, agreement=True), CFG, state=state)
+    agreeing = len(state.seen) // 3  # adaptive's survival bins: no guess, agrees, disagrees
+    assert sum(state.seen[agreeing:]) > 0  # its 1- and 2-token guesses keyed the bins
+
+
 COSTS = CostModel(small=PassCosts(passes=[2.0, 2.2, 2.4, 2.6, 2.8, 3.0, 3.2, 3.4], prefill=(3.0, 0.1)),
                   large=PassCosts(passes=[10.0, 12.5, 13.0, 14.0, 18.0, 22.0, 26.0], prefill=(12.0, 0.5)),
                   overhead_per_pass=0.1, identity={"fast_path": "off"})
@@ -113,14 +157,18 @@ def test_no_method_beats_the_oracle_of_its_own_sources_and_the_oracle_is_monoton
     for prompt in PROMPTS[:6]:
         ids = pair.tokenizer(prompt)["input_ids"]
         large = generate_single(pair, prompt, "large", CFG).token_ids
-        runs = accepted_runs(teacher_forced(pair, ids, large)[0])
-        looked = lookup_runs(ids, large)
-        best = {sources: oracle(runs, CFG.draft_cap(), len(ids), COSTS, looked if "lookup" in sources else None,
+        runs = accepted_runs(teacher_forced(pair, ids, large).matches)
+        looked = {"lookup": lookup_along(ids, large)[0], "bigram": bigram_runs(ids, large)}
+        assert all(a <= b for a, b in zip(looked["lookup"], looked["bigram"], strict=True))
+        best = {sources: oracle(runs, CFG.draft_cap(), len(ids), COSTS, looked.get(sources[-1]),
                                 small="small" in sources)
-                for sources in (("small",), ("lookup",), ("small", "lookup"))}
+                for sources in (("small",), ("lookup",), ("small", "lookup"), ("bigram",), ("small", "bigram"))}
         for seconds, rounds in best.values():  # a replay of the oracle's schedule costs what it said
             assert price(rounds, len(ids), COSTS) == pytest.approx(seconds)
         assert best["small", "lookup"][0] <= min(best["small",][0], best["lookup",][0]) + 1e-9
+        # any lookup's bound is no slower than context lookup's oracle
+        assert best["bigram",][0] <= best["lookup",][0] + 1e-9
+        assert best["small", "bigram"][0] <= best["small", "lookup"][0] + 1e-9
         for policy, sources in ((make_policy("exact", lookup_min=0), ("small",)), (make_policy("exact", lookup_min=1),
                                                                     ("small", "lookup")),
                                 (make_policy("exact", lookup_min=2), ("small", "lookup")),

@@ -35,8 +35,10 @@ be an expectation over schedules, which this module does not claim.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import itertools
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
@@ -47,12 +49,21 @@ from bild.sources import ContextLookup
 from bild.stats import GenerationStats
 
 
+class Forced(NamedTuple):
+    """The small model teacher-forced along an output: at each position whether its greedy draft is the output's
+    token, its max probability and its most likely token."""
+
+    matches: list[bool]
+    max_prob: list[float]
+    argmax: list[int]
+
+
 @torch.inference_mode()
-def teacher_forced(pair: ModelPair, prompt_ids: list[int], tokens: list[int]) -> tuple[list[bool], list[float]]:
-    """At each position of `tokens` (the large model's output): whether the small model's greedy draft, given
-    the true prefix, is that token; and the small model's max probability there. One pass."""
+def teacher_forced(pair: ModelPair, prompt_ids: list[int], tokens: list[int]) -> Forced:
+    """At each position of `tokens` (the large model's output), the small model's draft given the true prefix.
+    One pass."""
     if not tokens:
-        return [], []
+        return Forced([], [], [])
     model, device = pair.small, pair.device
     if pair.encoder_decoder:
         start = pair.large.config.decoder_start_token_id
@@ -63,29 +74,34 @@ def teacher_forced(pair: ModelPair, prompt_ids: list[int], tokens: list[int]) ->
         logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1:]  # [T, V]
     probs = torch.softmax(logits[:, : pair.vocab_size].float(), dim=-1)  # [T, V]
     top, arg = probs.max(dim=-1)
-    return (arg == torch.tensor(tokens, device=device)).tolist(), top.tolist()
+    return Forced((arg == torch.tensor(tokens, device=device)).tolist(), top.tolist(), arg.tolist())
 
 
 def teach(pair: ModelPair, prompts: Sequence[list[int]], tokens: Sequence[int], turns: Sequence[int]
           ) -> list[dict[str, Any]]:
     """The small model teacher-forced along an output, one pass per turn (`prompts[t]` then that turn's `turns[t]`
-    tokens): per turn its matches, its max probabilities, the (decoder's) prompt length, and how much of context
-    lookup's proposal the large model keeps at each position: what the oracle reads."""
+    tokens): per turn its matches, its max probabilities, the (decoder's) prompt length, how much of context
+    lookup's proposal the large model keeps at each position, whether lookup's guess there is the small model's
+    top-1 (`agrees`), and the bound on any lookup (`bigram`): what the oracle reads."""
     found, start = [], 0
     for ids, count in zip(prompts, turns, strict=True):
         output = list(tokens[start: start + count])
-        matches, probs = teacher_forced(pair, ids, output)
+        forced = teacher_forced(pair, ids, output)
         decoder = [pair.large.config.decoder_start_token_id] if pair.encoder_decoder else list(ids)
-        found.append({"matches": matches, "max_prob": probs, "prompt_tokens": len(decoder),
-                      "lookup": lookup_runs(decoder, output)})
+        runs, guesses = lookup_along(decoder, output)
+        found.append({"matches": forced.matches, "max_prob": forced.max_prob, "prompt_tokens": len(decoder),
+                      "lookup": runs, "bigram": bigram_runs(decoder, output),
+                      "agrees": [None if g is None else g == a for g, a in zip(guesses, forced.argmax, strict=True)]})
         start += count
     return found
 
 
-def lookup_runs(sequence: list[int], tokens: Sequence[int], max_ngram: int = 3) -> list[int]:
+def lookup_along(sequence: list[int], tokens: Sequence[int], max_ngram: int = 3
+                 ) -> tuple[list[int], list[int | None]]:
     """At each position t of `tokens` (the large model's output after `sequence`, the decoder's prompt): how many
-    tokens of context lookup's proposal there the large model keeps (its proposal from the true prefix)."""
-    source, seq, found = ContextLookup(max_ngram=max_ngram), list(sequence), []
+    tokens of context lookup's proposal there the large model keeps (its proposal from the true prefix), and the
+    proposal's first token (None: no match)."""
+    source, seq, runs, guesses = ContextLookup(max_ngram=max_ngram), list(sequence), [], []
     for t in range(len(tokens)):
         proposal = source.propose(seq, len(tokens) - t)
         run = 0
@@ -93,9 +109,23 @@ def lookup_runs(sequence: list[int], tokens: Sequence[int], max_ngram: int = 3) 
             if guess != true:
                 break
             run += 1
-        found.append(run)
+        runs.append(run)
+        guesses.append(proposal.tokens[0] if proposal else None)
         seq.append(tokens[t])
-    return found
+    return runs, guesses
+
+
+def bigram_runs(sequence: list[int], tokens: Sequence[int]) -> list[int]:
+    """At each position t of `tokens`: how many tokens in a row from t any context lookup could propose. A copied
+    token continues an earlier occurrence, so its bigram (the token before it, it) occurred earlier in the
+    sequence; the runs of such tokens bound every lookup's kept run, whatever its n-gram rule."""
+    seq, seen, proposable = list(sequence), set(itertools.pairwise(sequence)), []
+    for token in tokens:
+        proposable.append(bool(seq) and (seq[-1], token) in seen)
+        if seq:
+            seen.add((seq[-1], token))
+        seq.append(token)
+    return accepted_runs(proposable)
 
 
 def repetition(tokens: Sequence[int], n: int = 4) -> float | None:
@@ -223,13 +253,16 @@ def ideal_rounds(runs: Sequence[int], survives: Sequence[float], cap: int, promp
     return rounds
 
 
-def ideal(turns: Sequence[tuple[list[int], list[float], int]], cap: int, costs: CostModel) -> float:
-    """Modelled seconds of the confidence ideal over `turns` (accepted runs, max probabilities, prompt tokens):
-    acceptance by max probability calibrated on these turns, the rate found by fixed-point iteration."""
-    matches = [r > 0 for runs, _, _ in turns for r in runs]
-    probs = [p for _, ps, _ in turns for p in ps]
-    table = {int(b["max_prob"] * CALIBRATION_BINS): b["acceptance"] for b in calibration(matches, probs)}
-    survives = [[table[calibration_bin(p)] for p in ps] for _, ps, _ in turns]
+def ideal(turns: Sequence[tuple[list[int], list[Hashable], int]], cap: int, costs: CostModel) -> float:
+    """Modelled seconds of an ideal over `turns` (accepted runs, each position's signal, prompt tokens): acceptance
+    by signal calibrated on these turns, the rate found by fixed-point iteration."""
+    counts: dict[Hashable, list[int]] = {}
+    for runs, keys, _ in turns:
+        for run, key in zip(runs, keys, strict=True):
+            n = counts.setdefault(key, [0, 0])
+            n[0] += 1
+            n[1] += run > 0
+    survives = [[counts[k][1] / counts[k][0] for k in keys] for _, keys, _ in turns]
     rate, seconds = 0.0, 0.0
     for _ in range(IDEAL_ITERATIONS):  # Dinkelbach: the schedule best at rate R, then R of that schedule
         schedules = [ideal_rounds(runs, q, cap, prompt, costs, rate)
@@ -268,6 +301,45 @@ def gap(method: Sequence[Round], runs: Sequence[int], method_cap: int, cap: int,
             "cap": steps[2] - steps[3], "schedule": steps[3] - steps[4]}
 
 
+def trimmed(r: Round, small: bool) -> Round:
+    """A round keeping only the drafts that survived: a round the oracle can make (one of none pays the small pass
+    the engine makes before any decision, when the small model is a source)."""
+    return Round(r.kept, r.kept, discarded=small and r.kept == 0,
+                 looked_up=max(0, r.kept - (r.drafted - r.looked_up)))
+
+
+def source_gap(method: Sequence[Round], matches: Sequence[bool], lookup: Sequence[int], sources: Sequence[str],
+               prompt_tokens: int, costs: CostModel, best: float) -> dict[str, float]:
+    """A lossless method with draft sources over the oracle of its sources (`best`), in causes that add up to it
+    exactly: `overruled` (rounds whose first rejected draft was a token another of its sources had right: lookup's
+    for a small draft, the small model's for a looked-up one), `rejected` (the other refused drafts), `unused`
+    (small passes for drafts context lookup had right at no pass: the same kept tokens, looked up from the first
+    position where lookup covers the rest of the round), `schedule` (the rest: stopping early, the cap, where the
+    oracle splits runs)."""
+    small, both = "small" in sources, {"small", "lookup"} <= set(sources)
+    overruled, t = [], 0
+    for r in method:
+        at, own = t + r.kept, r.drafted - r.looked_up  # the first rejected draft's position; the small drafts
+        other_right = at < len(lookup) and (lookup[at] > 0 if r.kept < own else matches[at])
+        overruled.append(both and r.kept < r.drafted and other_right)
+        t += r.kept + 1
+    kept = [trimmed(r, small) for r in method]
+    resourced, t = [], 0
+    for r in kept:
+        a = r.drafted - r.looked_up
+        first = next((j for j in range(a) if t + j < len(lookup) and lookup[t + j] >= r.kept - j), a) if both else a
+        resourced.append(r._replace(looked_up=r.kept - first) if r.kept else r)
+        t += r.kept + 1
+    steps = [price(method, prompt_tokens, costs),
+             price([trimmed(r, small) if o else r for r, o in zip(method, overruled, strict=True)], prompt_tokens,
+                   costs),
+             price(kept, prompt_tokens, costs),
+             price(resourced, prompt_tokens, costs),
+             best]
+    return {"gap": steps[0] - steps[-1], "overruled": steps[0] - steps[1], "rejected": steps[1] - steps[2],
+            "unused": steps[2] - steps[3], "schedule": steps[3] - steps[4]}
+
+
 # --- a bench's limit ---------------------------------------------------------------------------------------
 
 CALIBRATION_BINS = 10
@@ -289,17 +361,144 @@ def calibration(matches: Sequence[bool], max_probs: Sequence[float]) -> list[dic
             for i, (n, a) in enumerate(bins) if n]
 
 
-SOURCE_SETS = {"small": ("small",), "small+lookup": ("small", "lookup"), "lookup": ("lookup",)}
+# "bigram": the bound of any context lookup (`bigram_runs`), whatever its n-gram rule
+SOURCE_SETS = {"small": ("small",), "small+lookup": ("small", "lookup"), "lookup": ("lookup",),
+               "small+bigram": ("small", "bigram"), "bigram": ("bigram",)}
+
+# The ideal's ladder: what each signal, known before drafting, lets a schedule of the small model's drafts reach
+# (None: turns recorded before the signal was)
+SIGNALS: dict[str, Callable[[dict[str, Any]], list[Hashable] | None]] = {
+    "confidence": lambda teacher: [calibration_bin(p) for p in teacher["max_prob"]],
+    "confidence+agreement": lambda teacher: [(calibration_bin(p), a) for p, a in
+                                             zip(teacher["max_prob"], teacher["agrees"], strict=True)]
+    if "agrees" in teacher else None,
+}
 
 
 def oracle_of_sources(teacher: dict[str, Any], runs: list[int], sources: Sequence[str], cap: int,
                       costs: CostModel) -> float | None:
     """The oracle's modelled seconds of one turn over a set of draft sources (None: a turn recorded before context
     lookup was, so it has no lookup runs)."""
-    if "lookup" in sources and "lookup" not in teacher:
+    lookup = next((s for s in ("lookup", "bigram") if s in sources), None)
+    if lookup is not None and lookup not in teacher:
         return None
-    return oracle(runs, cap, teacher["prompt_tokens"], costs, teacher["lookup"] if "lookup" in sources else None,
+    return oracle(runs, cap, teacher["prompt_tokens"], costs, teacher[lookup] if lookup else None,
                   small="small" in sources)[0]
+
+
+@dataclass
+class Along:
+    """What the anchor's outputs give, per turn (`(prompt, turn)` keys) of each prompt it has a teacher for: the
+    small model's accepted runs and each source set's oracle seconds (None: a turn recorded before the teacher
+    knew that source), and what the ideal and the calibration table read."""
+
+    done: list[int]
+    large: float = 0.0  # the anchor's modelled seconds
+    runs: dict[tuple[int, int], list[int]] = field(default_factory=dict)
+    per_turn: dict[str, dict[tuple[int, int], float | None]] = field(default_factory=dict)
+    fixed: dict[int, float] = field(default_factory=dict)  # seconds of each fixed draft length
+    turns: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)  # (runs, teacher)
+    matches: list[bool] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+
+    def prompt_seconds(self, name: str, i: int) -> float | None:
+        """Source set `name`'s oracle seconds over prompt `i`'s turns."""
+        found = [v for (p, _), v in self.per_turn[name].items() if p == i]
+        return None if any(v is None for v in found) else sum(found)
+
+    @property
+    def totals(self) -> dict[str, float | None]:
+        return {name: None if any(v is None for v in per.values()) else sum(per.values())
+                for name, per in self.per_turn.items()}
+
+
+def along(anchor: Sequence[Any], cap: int, costs: CostModel) -> Along:
+    """Price every oracle and fixed schedule along the anchor's outputs."""
+    found = Along(done=[i for i, m in enumerate(anchor) if m.teacher],
+                  per_turn={name: {} for name in SOURCE_SETS}, fixed=dict.fromkeys(range(1, cap + 1), 0.0))
+    for i in found.done:
+        for t, teacher in enumerate(anchor[i].teacher):
+            runs, prompt = accepted_runs(teacher["matches"]), teacher["prompt_tokens"]
+            found.runs[i, t] = runs
+            for name, sources in SOURCE_SETS.items():
+                found.per_turn[name][i, t] = oracle_of_sources(teacher, runs, sources, cap, costs)
+            for g in found.fixed:
+                found.fixed[g] += price(fixed_rounds(runs, g), prompt, costs)
+            found.matches += teacher["matches"]
+            found.probs += teacher["max_prob"]
+            found.turns.append((runs, teacher))
+        found.large += costs.seconds(anchor[i].stats)
+    return found
+
+
+def bench_limit(found: Along, anchor: Sequence[Any], cap: int, costs: CostModel) -> dict[str, Any]:
+    """The bench's oracle summary: speedups over `large` of each source set's oracle, the best fixed length, the
+    confidence ideal and the closed form, and the small model's calibration table."""
+    totals, large = found.totals, found.large
+    oracle_time = totals["small"]
+    gamma = min(found.fixed, key=found.fixed.get)
+    alpha = sum(found.matches) / len(found.matches) if found.matches else 0.0
+    repeats = [r for r in (repetition(anchor[i].tokens) for i in found.done) if r is not None]
+    ladder = {name: ideal_of(found, signal, cap, costs) for name, signal in SIGNALS.items()}
+    return {"prompts": len(found.done), "cap": cap,
+            "modelled_speedup": large / oracle_time if oracle_time else None,
+            "sources": {name: large / total if total else None for name, total in totals.items()},
+            "repetition": sum(repeats) / len(repeats) if repeats else None,
+            "best_fixed": {"gamma": gamma,
+                           "modelled_speedup": large / found.fixed[gamma] if found.fixed[gamma] else None},
+            "ideal": ladder["confidence"], "ideal_ladder": ladder,
+            "closed_form": closed_form(alpha, costs.ratio, cap), "agreement": alpha,
+            "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / found.prompt_seconds("small", i)
+                                          for i in found.done],
+            "calibration": calibration(found.matches, found.probs)}
+
+
+def ideal_of(found: Along, signal: Callable[[dict[str, Any]], list[Hashable] | None], cap: int, costs: CostModel
+             ) -> dict[str, float] | None:
+    """The ideal of one signal: its modelled speedup over `large` and the chain oracle's time over its."""
+    keys = [signal(teacher) for _, teacher in found.turns]
+    if not keys or any(k is None for k in keys):
+        return None
+    seconds = ideal([(runs, k, teacher["prompt_tokens"]) for (runs, teacher), k in zip(found.turns, keys, strict=True)],
+                    cap, costs)
+    oracle_time = found.totals["small"]
+    return {"modelled_speedup": found.large / seconds, "efficiency": oracle_time / seconds} if seconds else None
+
+
+def method_limit(found: Along, anchor: Sequence[Any], measured: Sequence[Any], method_cap: int,
+                 sources: tuple[str, ...], cap: int, costs: CostModel) -> dict[str, Any]:
+    """One lossless method against the oracle of its own sources and the chain oracle, and where it loses against
+    its own: `gap` for the small model's methods, `source_gap` for the others (None: turns recorded before the
+    teacher knew their sources)."""
+    own, totals = "+".join(sources), found.totals
+    if own not in found.per_turn:  # a source the oracle does not model: no bound of its own
+        return {"efficiency": None, "sources": list(sources), "oracle_own": None, "efficiency_own": None,
+                "gap_seconds": None, "gap_share": None, "per_prompt_efficiency": []}
+    causes: dict[str, float] | None = {}
+    seconds, per_prompt = 0.0, []
+    for i in found.done:
+        for t, teacher in enumerate(anchor[i].teacher):
+            rounds, best = [Round(*r) for r in measured[i].rounds[t]], found.per_turn[own][i, t]
+            if best is None:
+                causes = None
+            elif causes is not None:
+                split = (gap(rounds, found.runs[i, t], method_cap, cap, teacher["prompt_tokens"], costs, best)
+                         if sources == ("small",) else
+                         source_gap(rounds, teacher["matches"], teacher["lookup"], sources, teacher["prompt_tokens"],
+                                    costs, best))
+                for k, v in split.items():
+                    causes[k] = causes.get(k, 0.0) + v
+        spent = costs.seconds(measured[i].stats)
+        seconds += spent
+        mine = found.prompt_seconds(own, i)
+        per_prompt.append(mine / spent if mine is not None else None)
+    return {"efficiency": totals["small"] / seconds if seconds else None, "sources": list(sources),
+            "oracle_own": found.large / totals[own] if totals[own] else None,
+            "efficiency_own": totals[own] / seconds if seconds and totals[own] else None,
+            "gap_seconds": causes or None,
+            "gap_share": {k: v / causes["gap"] if causes["gap"] else 0.0 for k, v in causes.items() if k != "gap"}
+            if causes else None,
+            "per_prompt_efficiency": per_prompt}
 
 
 def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int, tuple[str, ...]]], cap: int,
@@ -312,72 +511,7 @@ def limit(anchor: Sequence[Any], methods: dict[str, tuple[Sequence[Any], int, tu
     and `rounds` per turn, the method's draft cap, its draft sources), lossless methods only, on the same prompts.
     Times are modelled by `costs`; speedups are over `large`. The gap split is for the small model's methods.
     """
-    done = [i for i, m in enumerate(anchor) if m.teacher]
-    large = 0.0
-    fixed = dict.fromkeys(range(1, cap + 1), 0.0)
-    matches: list[bool] = []
-    probs: list[float] = []
-    runs_of: dict[tuple[int, int], list[int]] = {}
-    best_of: dict[tuple[int, int], float] = {}  # the chain oracle's seconds per turn: each method's gap reads it
-    turns: list[tuple[list[int], list[float], int]] = []
-    per_set: dict[str, dict[int, float | None]] = {name: {} for name in SOURCE_SETS}  # per prompt
-    for i in done:
-        for name in SOURCE_SETS:
-            per_set[name][i] = 0.0
-        for t, teacher in enumerate(anchor[i].teacher):
-            runs_of[i, t] = accepted_runs(teacher["matches"])
-            for name, sources in SOURCE_SETS.items():
-                found = oracle_of_sources(teacher, runs_of[i, t], sources, cap, costs)
-                per_set[name][i] = None if found is None or per_set[name][i] is None else per_set[name][i] + found
-            best_of[i, t] = oracle(runs_of[i, t], cap, teacher["prompt_tokens"], costs)[0]
-            for g in fixed:
-                fixed[g] += price(fixed_rounds(runs_of[i, t], g), teacher["prompt_tokens"], costs)
-            matches += teacher["matches"]
-            probs += teacher["max_prob"]
-            turns.append((runs_of[i, t], teacher["max_prob"], teacher["prompt_tokens"]))
-        large += costs.seconds(anchor[i].stats)
-    totals = {name: None if any(v is None for v in per.values()) else sum(per.values())
-              for name, per in per_set.items()}
-    oracle_time, oracle_of = totals["small"], per_set["small"]
-    gamma = min(fixed, key=fixed.get)
-    alpha = sum(matches) / len(matches) if matches else 0.0
-    outputs = [anchor[i].tokens for i in done]
-    repeats = [r for r in map(repetition, outputs) if r is not None]
-    summary = {"prompts": len(done), "cap": cap, "modelled_speedup": large / oracle_time if oracle_time else None,
-               "sources": {name: large / total if total else None for name, total in totals.items()},
-               "repetition": sum(repeats) / len(repeats) if repeats else None,
-               "best_fixed": {"gamma": gamma, "modelled_speedup": large / fixed[gamma] if fixed[gamma] else None},
-               "ideal": ({"modelled_speedup": large / ideal_time, "efficiency": oracle_time / ideal_time}
-                         if (ideal_time := ideal(turns, cap, costs)) else None),
-               "closed_form": closed_form(alpha, costs.ratio, cap), "agreement": alpha,
-               "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / oracle_of[i] for i in done],
-               "calibration": calibration(matches, probs)}
-    rows = {}
-    for name, (measured, method_cap, sources) in methods.items():
-        own = "+".join(sources)
-        if own not in per_set:  # a source the oracle does not model: no bound of its own
-            rows[name] = {"efficiency": None, "sources": list(sources), "oracle_own": None, "efficiency_own": None,
-                          "gap_seconds": None, "gap_share": None, "per_prompt_efficiency": []}
-            continue
-        chain = sources == ("small",)
-        causes = dict.fromkeys(("gap", "rejected", "early_stops", "cap", "schedule"), 0.0)
-        seconds, per_prompt = 0.0, []
-        for i in done:
-            for t, teacher in enumerate(anchor[i].teacher):
-                if chain:
-                    rounds = [Round(*r) for r in measured[i].rounds[t]]
-                    split = gap(rounds, runs_of[i, t], method_cap, cap, teacher["prompt_tokens"], costs,
-                                best_of[i, t])
-                    for k, v in split.items():
-                        causes[k] += v
-            spent = costs.seconds(measured[i].stats)
-            seconds += spent
-            per_prompt.append(per_set[own][i] / spent if per_set[own][i] is not None else None)
-        rows[name] = {"efficiency": oracle_time / seconds if seconds else None, "sources": list(sources),
-                      "oracle_own": large / totals[own] if totals[own] else None,
-                      "efficiency_own": totals[own] / seconds if seconds and totals[own] else None,
-                      "gap_seconds": causes if chain else None,
-                      "gap_share": {k: v / causes["gap"] if causes["gap"] else 0.0 for k, v in causes.items()
-                                    if k != "gap"} if chain else None,
-                      "per_prompt_efficiency": per_prompt}
-    return summary, rows
+    found = along(anchor, cap, costs)
+    return bench_limit(found, anchor, cap, costs), {
+        name: method_limit(found, anchor, measured, method_cap, sources, cap, costs)
+        for name, (measured, method_cap, sources) in methods.items()}

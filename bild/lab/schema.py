@@ -81,10 +81,11 @@ class Oracle(Lenient):
     prompts: int | None = None
     cap: int | None = None
     modelled_speedup: float | None = None  # the oracle of the small model's drafts
-    sources: dict[str, float | None] | None = None  # the oracle per set of sources: small, lookup, small+lookup
+    sources: dict[str, float | None] | None = None  # the oracle per set of sources (bigram: any lookup's bound)
     repetition: float | None = None  # of the large output's tokens, those continuing an earlier 4-gram
     best_fixed: dict[str, Any] | None = None  # gamma, modelled_speedup
     ideal: dict[str, Any] | None = None  # the confidence ideal: modelled_speedup, efficiency
+    ideal_ladder: dict[str, dict[str, Any] | None] | None = None  # the ideal per signal (confidence first)
     closed_form: dict[str, Any] | None = None  # alpha, ratio, best_gamma, speedup, bound
     agreement: float | None = None
     per_prompt_oracle_speedup: list[float | None] | None = None
@@ -118,7 +119,6 @@ class BenchReport(Lenient):
     notes: list[str] = []
     prompts_done: int | None = None
     complete: bool = True
-
 
 
 def undeclared(report: BenchReport) -> list[str]:
