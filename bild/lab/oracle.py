@@ -293,7 +293,7 @@ def gap(method: Sequence[Round], runs: Sequence[int], method_cap: int, cap: int,
     """A lossless method's modelled seconds over the oracle's (`best`: `oracle`'s seconds for these runs, cap and
     prompt), split into causes that add up to it exactly."""
     steps = [price(method, prompt_tokens, costs),
-             price([Round(r.kept, r.kept, discarded=r.kept == 0) for r in method], prompt_tokens, costs),
+             price([trimmed(r, small=True) for r in method], prompt_tokens, costs),
              price(greedy_rounds(runs, method_cap), prompt_tokens, costs),
              price(greedy_rounds(runs, cap), prompt_tokens, costs),
              best]
@@ -394,12 +394,9 @@ class Along:
 
     done: list[int]
     large: float = 0.0  # the anchor's modelled seconds
-    runs: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     per_turn: dict[str, dict[tuple[int, int], float | None]] = field(default_factory=dict)
     fixed: dict[int, float] = field(default_factory=dict)  # seconds of each fixed draft length
-    turns: list[tuple[list[int], dict[str, Any]]] = field(default_factory=list)  # (runs, teacher)
-    matches: list[bool] = field(default_factory=list)
-    probs: list[float] = field(default_factory=list)
+    turns: dict[tuple[int, int], tuple[list[int], dict[str, Any]]] = field(default_factory=dict)  # runs, teacher
 
     def prompt_seconds(self, name: str, i: int) -> float | None:
         """Source set `name`'s oracle seconds over prompt `i`'s turns."""
@@ -419,14 +416,11 @@ def along(anchor: Sequence[Any], cap: int, costs: CostModel) -> Along:
     for i in found.done:
         for t, teacher in enumerate(anchor[i].teacher):
             runs, prompt = accepted_runs(teacher["matches"]), teacher["prompt_tokens"]
-            found.runs[i, t] = runs
             for name, sources in SOURCE_SETS.items():
                 found.per_turn[name][i, t] = oracle_of_sources(teacher, runs, sources, cap, costs)
             for g in found.fixed:
                 found.fixed[g] += price(fixed_rounds(runs, g), prompt, costs)
-            found.matches += teacher["matches"]
-            found.probs += teacher["max_prob"]
-            found.turns.append((runs, teacher))
+            found.turns[i, t] = runs, teacher
         found.large += costs.seconds(anchor[i].stats)
     return found
 
@@ -437,7 +431,9 @@ def bench_limit(found: Along, anchor: Sequence[Any], cap: int, costs: CostModel)
     totals, large = found.totals, found.large
     oracle_time = totals["small"]
     gamma = min(found.fixed, key=found.fixed.get)
-    alpha = sum(found.matches) / len(found.matches) if found.matches else 0.0
+    matches = [ok for _, teacher in found.turns.values() for ok in teacher["matches"]]
+    probs = [p for _, teacher in found.turns.values() for p in teacher["max_prob"]]
+    alpha = sum(matches) / len(matches) if matches else 0.0
     repeats = [r for r in (repetition(anchor[i].tokens) for i in found.done) if r is not None]
     ladder = {name: ideal_of(found, signal, cap, costs) for name, signal in SIGNALS.items()}
     return {"prompts": len(found.done), "cap": cap,
@@ -450,16 +446,17 @@ def bench_limit(found: Along, anchor: Sequence[Any], cap: int, costs: CostModel)
             "closed_form": closed_form(alpha, costs.ratio, cap), "agreement": alpha,
             "per_prompt_oracle_speedup": [costs.seconds(anchor[i].stats) / found.prompt_seconds("small", i)
                                           for i in found.done],
-            "calibration": calibration(found.matches, found.probs)}
+            "calibration": calibration(matches, probs)}
 
 
 def ideal_of(found: Along, signal: Callable[[dict[str, Any]], list[Hashable] | None], cap: int, costs: CostModel
              ) -> dict[str, float] | None:
     """The ideal of one signal: its modelled speedup over `large` and the chain oracle's time over its."""
-    keys = [signal(teacher) for _, teacher in found.turns]
+    turns = list(found.turns.values())
+    keys = [signal(teacher) for _, teacher in turns]
     if not keys or any(k is None for k in keys):
         return None
-    seconds = ideal([(runs, k, teacher["prompt_tokens"]) for (runs, teacher), k in zip(found.turns, keys, strict=True)],
+    seconds = ideal([(runs, k, teacher["prompt_tokens"]) for (runs, teacher), k in zip(turns, keys, strict=True)],
                     cap, costs)
     oracle_time = found.totals["small"]
     return {"modelled_speedup": found.large / seconds, "efficiency": oracle_time / seconds} if seconds else None
@@ -482,7 +479,7 @@ def method_limit(found: Along, anchor: Sequence[Any], measured: Sequence[Any], m
             if best is None:
                 causes = None
             elif causes is not None:
-                split = (gap(rounds, found.runs[i, t], method_cap, cap, teacher["prompt_tokens"], costs, best)
+                split = (gap(rounds, found.turns[i, t][0], method_cap, cap, teacher["prompt_tokens"], costs, best)
                          if sources == ("small",) else
                          source_gap(rounds, teacher["matches"], teacher["lookup"], sources, teacher["prompt_tokens"],
                                     costs, best))
